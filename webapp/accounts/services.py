@@ -1,0 +1,41 @@
+"""Account actions: sign-up, approval, and the first admin."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import transaction
+
+from webapp.accounts.models import Role, User
+
+
+def sign_up(username: str, password: str, email: str = "") -> User:
+    role = Role.USER if settings.ATELIER_OPEN_SIGNUP else Role.PENDING
+    return User.objects.create_user(username=username, password=password, email=email, role=role)
+
+
+def approve(users: Iterable[User]) -> int:
+    """Make pending users full users; returns how many changed."""
+    changed = 0
+    with transaction.atomic():
+        for user in users:
+            if user.role == Role.PENDING:
+                user.role = Role.USER
+                user.save(update_fields=["role"])
+                changed += 1
+    return changed
+
+
+def ensure_admin(username: str, password: str | None) -> tuple[User, str | None]:
+    """Create the first admin if no admin exists. Returns the admin and the password when
+    one was generated (so it can be shown once), else None."""
+    existing = User.objects.filter(role=Role.ADMIN).order_by("id").first()
+    if existing is not None:
+        return existing, None
+    generated = None
+    if not password:
+        password = generated = secrets.token_urlsafe(12)
+    user = User.objects.create_superuser(username=username, password=password, email="")
+    return user, generated

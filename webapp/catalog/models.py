@@ -1,0 +1,89 @@
+"""The model registry: which models exist, how to load them, and who may use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models, transaction
+
+from generation.loading import looks_like_path
+from generation.specs import Backend, Device, ModelSpec, Quantization, Task
+
+
+def _choices(
+    enum: type[Task] | type[Backend] | type[Quantization] | type[Device],
+) -> list[tuple[str, str]]:
+    return [(member.value, member.value) for member in enum]
+
+
+class ModelEntry(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    task = models.CharField(max_length=20, choices=_choices(Task), default=Task.CHAT)
+    source = models.CharField(max_length=500, help_text="A hub model id, or a local folder path.")
+    backend = models.CharField(
+        max_length=20, choices=_choices(Backend), default=Backend.TRANSFORMERS
+    )
+    quantization = models.CharField(
+        max_length=20, choices=_choices(Quantization), default=Quantization.NONE
+    )
+    device = models.CharField(max_length=10, choices=_choices(Device), default=Device.AUTO)
+    queue = models.CharField(
+        max_length=100,
+        default="inference",
+        validators=[
+            RegexValidator(r"^[A-Za-z0-9_.-]+$", "Use letters, digits, '-', '_' and '.' only.")
+        ],
+        help_text="Celery queue; workers serve the queues they are started with.",
+    )
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField("default for its task", default=False)
+    description = models.CharField(max_length=300, blank=True)
+    allowed_groups = models.ManyToManyField(
+        Group, blank=True, help_text="Leave empty to let every approved user use this model."
+    )
+    last_error = models.TextField(
+        blank=True, help_text="Set by a worker that failed to load the model."
+    )
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_loaded_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["task", "-is_default", "name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        with transaction.atomic():
+            if self.is_default:  # one default per task
+                ModelEntry.objects.filter(task=self.task, is_default=True).exclude(
+                    pk=self.pk
+                ).update(is_default=False)
+            super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def clean(self) -> None:
+        if looks_like_path(self.source) and self.backend == Backend.TRANSFORMERS:
+            folder = Path(self.source).expanduser()
+            if not folder.is_dir():
+                raise ValidationError(
+                    {"source": f"Folder {self.source} does not exist on this machine."}
+                )
+        if self.quantization == Quantization.INT8_DYNAMIC and self.device == Device.CUDA:
+            raise ValidationError(
+                {"quantization": "int8_dynamic runs on CPU only; use bnb_8bit or bnb_4bit on cuda."}
+            )
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            name=self.name,
+            source=self.source,
+            task=Task(self.task),
+            backend=Backend(self.backend),
+            quantization=Quantization(self.quantization),
+            device=Device(self.device),
+        )

@@ -1,0 +1,69 @@
+"""Who may use which model, and what workers report about loading them."""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from webapp.accounts.models import User
+from webapp.catalog.models import ModelEntry
+
+
+class ModelNotAvailable(Exception):
+    """The model does not exist, is disabled, serves another task, or this user may not use it."""
+
+
+def usable_models(user: User, task: str) -> QuerySet[ModelEntry]:
+    models = ModelEntry.objects.filter(task=task, enabled=True)
+    if user.role == "admin":
+        return models
+    return models.filter(
+        Q(allowed_groups__isnull=True) | Q(allowed_groups__in=user.groups.all())
+    ).distinct()
+
+
+def usable_model(user: User, task: str, model_id: int | None) -> ModelEntry:
+    """The model a request asked for (or the task's default), if this user may use it."""
+    models = usable_models(user, task)
+    if model_id is None:
+        entry = models.filter(is_default=True).first() or models.first()
+        if entry is None:
+            raise ModelNotAvailable(f"No {task} model is available to you.")
+        return entry
+    entry = models.filter(pk=model_id).first()
+    if entry is None:
+        raise ModelNotAvailable("That model does not exist or is not available to you.")
+    return entry
+
+
+def record_load_error(entry_id: int, message: str) -> None:
+    ModelEntry.objects.filter(pk=entry_id).update(last_error=message, last_error_at=timezone.now())
+
+
+def record_loaded(entry_id: int) -> None:
+    ModelEntry.objects.filter(pk=entry_id).update(
+        last_error="", last_error_at=None, last_loaded_at=timezone.now()
+    )
+
+
+def register_local_model(
+    *, name: str, folder: str, task: str, quantization: str, description: str, make_default: bool
+) -> tuple[ModelEntry, bool]:
+    """Register (or refresh the source of) a prepared local model; returns (entry, created)."""
+    entry, created = ModelEntry.objects.get_or_create(
+        name=name,
+        defaults={
+            "task": task,
+            "source": folder,
+            "quantization": quantization,
+            "device": "cpu",
+            "description": description,
+        },
+    )
+    if not created and entry.source != folder:
+        entry.source = folder
+        entry.save(update_fields=["source", "updated_at"])
+    if make_default and not ModelEntry.objects.filter(task=task, is_default=True).exists():
+        entry.is_default = True
+        entry.save()
+    return entry, created

@@ -1,0 +1,139 @@
+"""The WebSocket protocol's client messages: parsed and validated, or a ProtocolError.
+docs/protocol.md describes it for people."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from generation.specs import MAX_NEW_TOKENS_LIMIT, SamplingParams
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    content: str
+    conversation: int | None
+    model: int | None
+    system: str | None
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    generation: int
+    after: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    generation: int
+
+
+ClientMessage = SendMessage | Subscribe | Stop
+
+
+def parse_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
+    if data is not None:
+        raise ProtocolError("binary_frame", "Binary frames are not supported; send JSON text.")
+    if text is None:
+        raise ProtocolError("bad_frame", "Empty frame.")
+    if len(text.encode()) > settings.ATELIER_MAX_FRAME_BYTES:
+        raise ProtocolError(
+            "frame_too_large", f"Frames are limited to {settings.ATELIER_MAX_FRAME_BYTES} bytes."
+        )
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_frame", "A frame must be a JSON object with a 'type'.")
+    return value
+
+
+def _id(value: Any, field: str, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolError("bad_field", f"'{field}' must be a positive integer id.")
+    return value
+
+
+def _number(value: Any, field: str, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError("bad_field", f"'{field}' must be a number.")
+    return float(value)
+
+
+def parse_client_message(frame: dict[str, Any]) -> ClientMessage:
+    kind = frame.get("type")
+    if kind == "message":
+        return _parse_send(frame)
+    if kind == "subscribe":
+        after = frame.get("after", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ProtocolError("bad_field", "'after' must be a sequence number (0 or more).")
+        return Subscribe(generation=_id(frame.get("generation"), "generation") or 0, after=after)
+    if kind == "stop":
+        return Stop(generation=_id(frame.get("generation"), "generation") or 0)
+    raise ProtocolError(
+        "unknown_type", f"Unknown message type {kind!r}; expected message, subscribe or stop."
+    )
+
+
+def _parse_send(frame: dict[str, Any]) -> SendMessage:
+    content = frame.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise ProtocolError("bad_field", "'content' must be non-empty text.")
+    if len(content) > settings.ATELIER_MAX_MESSAGE_CHARS:
+        raise ProtocolError(
+            "too_long",
+            f"The message is {len(content)} characters; "
+            f"the limit is {settings.ATELIER_MAX_MESSAGE_CHARS}.",
+        )
+    system = frame.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ProtocolError("bad_field", "'system' must be text.")
+    if system and len(system) > settings.ATELIER_MAX_SYSTEM_PROMPT_CHARS:
+        raise ProtocolError(
+            "too_long",
+            "The system prompt is limited to "
+            f"{settings.ATELIER_MAX_SYSTEM_PROMPT_CHARS} characters.",
+        )
+    max_tokens = frame.get("max_tokens", settings.ATELIER_DEFAULT_MAX_TOKENS)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise ProtocolError("bad_field", "'max_tokens' must be an integer.")
+    seed = frame.get("seed")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32
+    ):
+        raise ProtocolError("bad_field", "'seed' must be an integer between 0 and 2^32-1.")
+    try:
+        params = SamplingParams(
+            temperature=_number(frame.get("temperature"), "temperature", 0.7),
+            top_p=_number(frame.get("top_p"), "top_p", 0.95),
+            max_new_tokens=max_tokens,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise ProtocolError(
+            "out_of_range", f"{exc} (max_tokens at most {MAX_NEW_TOKENS_LIMIT})."
+        ) from None
+    return SendMessage(
+        content=content,
+        conversation=_id(frame.get("conversation"), "conversation", optional=True),
+        model=_id(frame.get("model"), "model", optional=True),
+        system=system,
+        params=params,
+    )

@@ -1,0 +1,40 @@
+"""The shapes of the events a generation's stream carries (and clients receive)."""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+
+class Usage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TokenEvent(TypedDict):
+    type: Literal["token"]
+    generation: int
+    seq: int
+    text: str
+
+
+class StatusEvent(TypedDict):
+    type: Literal["status"]
+    generation: int
+    seq: int
+    status: str
+
+
+class DoneEvent(TypedDict):
+    type: Literal["done"]
+    generation: int
+    seq: int
+    status: str  # done | stopped | failed | blocked
+    finish_reason: str
+    error: str
+    usage: Usage
+    # Added by the web process when relaying: the final text and its sanitized HTML.
+    text: NotRequired[str]
+    html: NotRequired[str]
+
+
+StreamEvent = TokenEvent | StatusEvent | DoneEvent

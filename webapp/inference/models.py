@@ -1,0 +1,54 @@
+"""Generation: one model call of any task, from queued to its final text and timings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+FINISHED = (Status.DONE, Status.STOPPED, Status.FAILED, Status.BLOCKED)
+
+
+class Generation(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations"
+    )
+    model = models.ForeignKey(
+        "catalog.ModelEntry", on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    model_name = models.CharField(max_length=100)  # kept when the catalog entry goes
+    task = models.CharField(max_length=20)
+    input = models.JSONField(help_text="What the model is given, e.g. system prompt and messages.")
+    params = models.JSONField(default=dict, help_text="Sampling parameters.")
+    output = models.TextField(blank=True)
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    error = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=20, blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [models.Index(fields=["user", "-queued_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.task} #{self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED

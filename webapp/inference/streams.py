@@ -1,0 +1,157 @@
+"""Per-generation Redis streams of events, and stop flags.
+
+Each event is stored with the explicit stream id 0-<seq>, so "everything after sequence N"
+is a plain XREAD from 0-N: a client that reconnects, to any web process, resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from webapp.inference.events import DoneEvent, StatusEvent, StreamEvent, TokenEvent, Usage
+
+
+def stream_key(generation_id: int) -> str:
+    return f"atelier:gen:{generation_id}:events"
+
+
+def stop_key(generation_id: int) -> str:
+    return f"atelier:gen:{generation_id}:stop"
+
+
+_sync_client: redis.Redis | None = None
+
+
+def sync_redis() -> redis.Redis:
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+    return _sync_client
+
+
+def async_redis() -> aioredis.Redis:
+    """A new asyncio client; the caller closes it (clients are bound to one event loop)."""
+    return aioredis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+
+
+def request_stop(generation_id: int) -> None:
+    sync_redis().set(stop_key(generation_id), 1, ex=settings.ATELIER_STREAM_RETENTION_SECONDS)
+
+
+def stop_requested(generation_id: int) -> bool:
+    return bool(sync_redis().exists(stop_key(generation_id)))
+
+
+class StreamWriter:
+    """Appends a generation's events to its stream, coalescing tokens.
+
+    Tokens are buffered and flushed as one event when `flush_ms` have passed since the
+    last flush (the first token goes out at once), so a fast model does not cost one
+    Redis round trip per token.
+    """
+
+    def __init__(
+        self, generation_id: int, client: redis.Redis | None = None, flush_ms: int | None = None
+    ):
+        self.generation_id = generation_id
+        self.client = client or sync_redis()
+        self.key = stream_key(generation_id)
+        self.flush_seconds = (
+            settings.ATELIER_STREAM_FLUSH_MS if flush_ms is None else flush_ms
+        ) / 1000
+        self.seq = 0
+        self.text = ""
+        self._buffer: list[str] = []
+        self._last_flush = 0.0
+
+    def _append(self, event: StreamEvent) -> None:
+        self.client.xadd(self.key, {"e": json.dumps(event)}, id=f"0-{event['seq']}")
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def reset(self) -> None:
+        """Start the stream afresh (a redelivered generation is run from the beginning)."""
+        self.client.delete(self.key)
+        self.seq = 0
+
+    def status(self, status: str) -> None:
+        self.flush()
+        self._append(
+            StatusEvent(
+                type="status", generation=self.generation_id, seq=self._next_seq(), status=status
+            )
+        )
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        self.text += text
+        self._buffer.append(text)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        piece = "".join(self._buffer)
+        self._buffer.clear()
+        self._append(
+            TokenEvent(
+                type="token", generation=self.generation_id, seq=self._next_seq(), text=piece
+            )
+        )
+        self._last_flush = time.monotonic()
+
+    def done(
+        self, status: str, *, finish_reason: str = "", error: str = "", usage: Usage | None = None
+    ) -> None:
+        self.flush()
+        self._append(
+            DoneEvent(
+                type="done",
+                generation=self.generation_id,
+                seq=self._next_seq(),
+                status=status,
+                finish_reason=finish_reason,
+                error=error,
+                usage=usage or Usage(prompt_tokens=0, completion_tokens=0),
+            )
+        )
+        self.client.expire(self.key, settings.ATELIER_STREAM_RETENTION_SECONDS)
+
+
+def _decode(fields: dict[Any, Any]) -> StreamEvent:
+    raw = fields.get(b"e") or fields.get("e")
+    if raw is None:
+        raise ValueError("stream entry without an event")
+    return cast(StreamEvent, json.loads(raw))
+
+
+async def read_events(
+    client: aioredis.Redis, generation_id: int, after: int = 0, block_ms: int = 5000
+) -> AsyncIterator[StreamEvent | None]:
+    """Yield the generation's events with seq > after, then live ones as they come.
+
+    Yields None whenever `block_ms` pass with nothing new, so the caller can check
+    whether the stream is still expected to grow.
+    """
+    key = stream_key(generation_id)
+    last_id = f"0-{after}"
+    while True:
+        response: Any = await client.xread({key: last_id}, block=block_ms, count=500)
+        if not response:
+            yield None
+            continue
+        for _key, entries in response:
+            for entry_id, fields in entries:
+                last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                yield _decode(fields)

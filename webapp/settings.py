@@ -1,0 +1,150 @@
+"""Atelier's one settings module. Every deployment knob is an environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import django_stubs_ext
+
+from webapp.env import (
+    database_from_url,
+    env_bool,
+    env_int,
+    env_list,
+    env_secret,
+    env_str,
+)
+
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("ATELIER_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_secret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and env_bool("ATELIER_REQUIRE_SECRET_KEY", False):
+        raise RuntimeError("SECRET_KEY is not set")
+    # The launcher writes a random key to var/secret_key on first run; this is the fallback
+    # for one-off management commands before that.
+    key_file = VAR_DIR / "secret_key"
+    SECRET_KEY = (
+        key_file.read_text().strip() if key_file.is_file() else "insecure-dev-key-" + "x" * 40
+    )
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "webapp.accounts",
+    "webapp.catalog",
+    "webapp.inference",
+    "webapp.chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "webapp.urls"
+ASGI_APPLICATION = "webapp.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# VAR_DIR is absolute, so the default is the four-slash (absolute) SQLite form.
+DATABASES = {
+    "default": database_from_url(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'atelier.sqlite3'}"), BASE_DIR
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Tests that start real worker and web processes need a file, not an in-memory database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:home"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True  # serve straight from static/ without a collectstatic step
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- Redis: Celery broker, token streams and stop flags --------------------------------
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# --- Models ---------------------------------------------------------------------------
+MODELS_DIR = Path(env_str("ATELIER_MODELS_DIR", str(VAR_DIR / "models")))
+HF_HUB_OFFLINE = env_bool("HF_HUB_OFFLINE", False)
+os.environ["HF_HUB_OFFLINE"] = "1" if HF_HUB_OFFLINE else os.environ.get("HF_HUB_OFFLINE", "0")
+
+# --- Product settings -----------------------------------------------------------------
+# When true, people who sign up may generate at once; otherwise an admin approves them.
+ATELIER_OPEN_SIGNUP = env_bool("ATELIER_OPEN_SIGNUP", False)
+# Limits on what a client may ask for in one message.
+ATELIER_MAX_MESSAGE_CHARS = env_int("ATELIER_MAX_MESSAGE_CHARS", 32_000)
+ATELIER_MAX_SYSTEM_PROMPT_CHARS = env_int("ATELIER_MAX_SYSTEM_PROMPT_CHARS", 8_000)
+ATELIER_MAX_FRAME_BYTES = env_int("ATELIER_MAX_FRAME_BYTES", 256 * 1024)
+ATELIER_DEFAULT_MAX_TOKENS = env_int("ATELIER_DEFAULT_MAX_TOKENS", 512)
+# How long a finished token stream stays in Redis for reconnecting clients (the text
+# itself is in the database forever).
+ATELIER_STREAM_RETENTION_SECONDS = env_int("ATELIER_STREAM_RETENTION_SECONDS", 3600)
+# How often (milliseconds) the worker flushes coalesced tokens to the stream.
+ATELIER_STREAM_FLUSH_MS = env_int("ATELIER_STREAM_FLUSH_MS", 30)
+# Models a worker process keeps loaded at once.
+ATELIER_WORKER_MAX_MODELS = env_int("ATELIER_WORKER_MAX_MODELS", 2)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,1 @@
+"""Celery workers: the thin bridge between Generation rows and the generation library."""

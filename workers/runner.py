@@ -1,0 +1,101 @@
+"""Run one Generation: claim it, load its model, stream its tokens, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+
+from generation.prompts import build_chat_input
+from generation.specs import GenerationError, ModelLoadError, SamplingParams
+from generation.streaming import TokenStream
+from webapp.catalog import services as catalog
+from webapp.inference import services, streams
+from webapp.inference.events import Usage
+from webapp.inference.models import Status
+from workers import model_cache
+
+log = logging.getLogger(__name__)
+
+
+def run_generation(generation_id: int) -> None:
+    generation = services.claim(generation_id)
+    if generation is None:
+        log.info("generation %s: nothing to run (unknown or already finished)", generation_id)
+        return
+    writer = streams.StreamWriter(generation_id)
+    writer.reset()  # a redelivered generation starts its stream over
+    if streams.stop_requested(generation_id):
+        services.finish(generation_id, status=Status.STOPPED, finish_reason="stopped")
+        writer.done(Status.STOPPED, finish_reason="stopped")
+        return
+    writer.status(Status.RUNNING)
+    entry = generation.model
+    if entry is None or not entry.enabled:
+        _fail(writer, generation_id, f"model {generation.model_name!r} is no longer available")
+        return
+    try:
+        loaded = model_cache.get_model(entry)
+    except ModelLoadError as exc:
+        log.error("generation %s: %s", generation_id, exc)
+        catalog.record_load_error(entry.pk, str(exc))
+        _fail(writer, generation_id, str(exc))
+        return
+    if entry.last_error or entry.last_loaded_at is None:
+        catalog.record_loaded(entry.pk)
+
+    try:
+        params = SamplingParams.from_dict(generation.params)
+        max_prompt = max(16, loaded.context_length - params.max_new_tokens)
+        prompt_ids = build_chat_input(
+            loaded.tokenizer,
+            generation.input["messages"],
+            system=generation.input.get("system", ""),
+            max_prompt_tokens=max_prompt,
+            model_name=entry.name,
+        )
+        stream = TokenStream(
+            loaded, prompt_ids, params, should_stop=lambda: streams.stop_requested(generation_id)
+        )
+        first = True
+        for piece in stream:
+            if first:
+                services.mark_first_token(generation_id)
+                first = False
+            writer.add(piece)
+    except (GenerationError, ValueError) as exc:
+        _fail(writer, generation_id, str(exc))
+        return
+    except Exception as exc:
+        log.exception("generation %s failed", generation_id)
+        _fail(
+            writer,
+            generation_id,
+            f"generation failed: {type(exc).__name__}: {exc}",
+            partial=writer.text,
+        )
+        return
+
+    stats = stream.stats
+    status = Status.STOPPED if stats.finish_reason == "stopped" else Status.DONE
+    writer.flush()
+    services.finish(
+        generation_id,
+        status=status,
+        output=writer.text,
+        finish_reason=stats.finish_reason,
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+    )
+    writer.done(
+        status,
+        finish_reason=stats.finish_reason,
+        usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens),
+    )
+
+
+def _fail(
+    writer: streams.StreamWriter, generation_id: int, message: str, partial: str = ""
+) -> None:
+    services.finish(
+        generation_id, status=Status.FAILED, error=message, output=partial, finish_reason="error"
+    )
+    writer.done(Status.FAILED, finish_reason="error", error=message)
