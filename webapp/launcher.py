@@ -47,7 +47,13 @@ def main() -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         manage = [sys.executable, str(BASE_DIR / "manage.py")]
-        for step in (["migrate", "--no-input", "-v", "0"], ["prepare_models"], ["ensure_admin"]):
+        steps = (
+            ["migrate", "--no-input", "-v", "0"],
+            ["collectstatic", "--no-input", "-v", "0"],
+            ["prepare_models"],
+            ["ensure_admin"],
+        )
+        for step in steps:
             subprocess.run(manage + step, check=True, cwd=BASE_DIR)
 
         import django

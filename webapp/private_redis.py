@@ -67,7 +67,7 @@ class PrivateRedis:
         self.stop()
         raise RuntimeError(f"private Redis did not start; see {self.workdir / 'redis.log'}")
 
-    def stop(self) -> None:
+    def stop(self, remove_workdir: bool = False) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -75,3 +75,7 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
+        if remove_workdir:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)

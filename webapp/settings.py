@@ -118,6 +118,9 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --- Redis: Celery broker, token streams and stop flags --------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Prefix of every key Atelier writes (streams, flags), so that several deployments or
+# test runs can share one Redis without seeing each other's data.
+ATELIER_REDIS_PREFIX = env_str("ATELIER_REDIS_PREFIX", "atelier")
 
 # --- Models ---------------------------------------------------------------------------
 MODELS_DIR = Path(env_str("ATELIER_MODELS_DIR", str(VAR_DIR / "models")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from generation.prompts import build_chat_input
 from generation.specs import GenerationError, ModelLoadError, SamplingParams
@@ -44,14 +45,20 @@ def run_generation(generation_id: int) -> None:
 
     try:
         params = SamplingParams.from_dict(generation.params)
-        max_prompt = max(16, loaded.context_length - params.max_new_tokens)
+        # Keep room for the reply (up to half the context), then shorten the reply to
+        # what fits after the prompt rather than refusing a long max_tokens.
+        context = loaded.context_length
+        reserve = min(params.max_new_tokens, context // 2)
         prompt_ids = build_chat_input(
             loaded.tokenizer,
             generation.input["messages"],
             system=generation.input.get("system", ""),
-            max_prompt_tokens=max_prompt,
+            max_prompt_tokens=context - reserve,
             model_name=entry.name,
         )
+        fits = context - len(prompt_ids)
+        if params.max_new_tokens > fits:
+            params = replace(params, max_new_tokens=fits)
         stream = TokenStream(
             loaded, prompt_ids, params, should_stop=lambda: streams.stop_requested(generation_id)
         )

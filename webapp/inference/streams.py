@@ -19,11 +19,11 @@ from webapp.inference.events import DoneEvent, StatusEvent, StreamEvent, TokenEv
 
 
 def stream_key(generation_id: int) -> str:
-    return f"atelier:gen:{generation_id}:events"
+    return f"{settings.ATELIER_REDIS_PREFIX}:gen:{generation_id}:events"
 
 
 def stop_key(generation_id: int) -> str:
-    return f"atelier:gen:{generation_id}:stop"
+    return f"{settings.ATELIER_REDIS_PREFIX}:gen:{generation_id}:stop"
 
 
 _sync_client: redis.Redis | None = None

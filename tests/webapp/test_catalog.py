@@ -1,0 +1,63 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+
+from webapp.catalog.models import ModelEntry
+from webapp.catalog.services import ModelNotAvailable, usable_model, usable_models
+
+pytestmark = pytest.mark.django_db
+
+
+def entry(name: str, **fields: Any) -> ModelEntry:
+    return ModelEntry.objects.create(
+        name=name, task=fields.pop("task", "chat"), source="/nowhere", **fields
+    )
+
+
+def test_one_default_per_task() -> None:
+    first = entry("a", is_default=True)
+    second = entry("b", is_default=True)
+    other_task = entry("c", task="summarize", is_default=True)
+    first.refresh_from_db()
+    assert not first.is_default and second.is_default
+    other_task.refresh_from_db()
+    assert other_task.is_default
+
+
+def test_bad_entries_are_refused_with_clear_messages(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="does not exist"):
+        ModelEntry(name="x", source=str(tmp_path / "missing")).full_clean()
+    with pytest.raises(ValidationError, match="CPU only"):
+        ModelEntry(
+            name="y", source="org/model", quantization="int8_dynamic", device="cuda"
+        ).full_clean()
+    with pytest.raises(ValidationError, match="letters, digits"):
+        ModelEntry(name="z", source="org/model", queue="bad queue!").full_clean()
+    ModelEntry(name="ok", source=str(tmp_path)).full_clean()
+
+
+def test_groups_limit_who_may_use_a_model(alice: Any, bob: Any) -> None:
+    everyone = entry("everyone", is_default=True)
+    staff_only = entry("staff-only")
+    team = Group.objects.create(name="team")
+    staff_only.allowed_groups.add(team)
+    bob.groups.add(team)
+    assert set(usable_models(alice, "chat")) == {everyone}
+    assert set(usable_models(bob, "chat")) == {everyone, staff_only}
+    with pytest.raises(ModelNotAvailable):
+        usable_model(alice, "chat", staff_only.pk)
+    assert usable_model(bob, "chat", staff_only.pk) == staff_only
+    assert usable_model(alice, "chat", None) == everyone
+
+
+def test_disabled_and_wrong_task_models_are_not_usable(alice: Any) -> None:
+    disabled = entry("off", enabled=False)
+    summarizer = entry("sum", task="summarize")
+    for model in (disabled, summarizer):
+        with pytest.raises(ModelNotAvailable):
+            usable_model(alice, "chat", model.pk)
+    with pytest.raises(ModelNotAvailable, match="No chat model"):
+        usable_model(alice, "chat", None)
