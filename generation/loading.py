@@ -106,12 +106,13 @@ def load_causal_lm(spec: ModelSpec) -> LoadedModel:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
-        raise ModelLoadError(
-            f"model {spec.name!r} could not be loaded from {spec.source}: {exc}"
-        ) from exc
     except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - needs a GPU
         raise ModelLoadError(f"model {spec.name!r}: out of GPU memory while loading") from exc
+    except Exception as exc:  # corrupt weights, unknown architecture, bad config, ...
+        cause = f"{type(exc).__name__}: {exc}"
+        raise ModelLoadError(
+            f"model {spec.name!r} could not be loaded from {spec.source}: {cause}"
+        ) from exc
 
     if "device_map" not in kwargs:
         model.to(device)

@@ -51,6 +51,12 @@ class ModelSpec:
     quantization: Quantization = Quantization.NONE
     device: Device = Device.AUTO
 
+    def __post_init__(self) -> None:
+        # Accept plain strings (e.g. from JSON) and fail early on unknown values.
+        kinds = {"task": Task, "backend": Backend, "quantization": Quantization, "device": Device}
+        for name, kind in kinds.items():
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
 
 # Limits that validation in the web app and the library share.
 MAX_NEW_TOKENS_LIMIT = 4096
@@ -81,7 +87,10 @@ class SamplingParams:
     def from_dict(cls, data: dict[str, Any]) -> SamplingParams:
         """From JSON (as stored on a Generation); unknown keys are an error."""
         values = dict(data)
-        values["stop"] = tuple(values.get("stop", ()))
+        stop = values.get("stop", ())
+        if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
+            raise ValueError("stop must be a list of strings")
+        values["stop"] = tuple(stop)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -150,7 +150,7 @@ class TokenStream:
                 self.stats.completion_tokens = len(token_ids)
                 if self.stats.first_token_seconds is None:
                     self.stats.first_token_seconds = time.perf_counter() - started
-                text = tokenizer.decode(token_ids, skip_special_tokens=True)
+                text = _decode(tokenizer, token_ids)
                 if stops:
                     cut = _first_stop(text, stops, start=max(0, sent - max(map(len, stops))))
                     if cut is not None:
@@ -174,7 +174,7 @@ class TokenStream:
         if error:
             raise error[0]
         if not self.stats.finish_reason:
-            text = tokenizer.decode(token_ids, skip_special_tokens=True)
+            text = _decode(tokenizer, token_ids)
             if len(text) > sent:  # text held back for a stop sequence that never came
                 yield text[sent:]
             self.text = text
@@ -185,6 +185,11 @@ class TokenStream:
             else:
                 self.stats.finish_reason = "length"
         self.stats.total_seconds = time.perf_counter() - started
+
+
+def _decode(tokenizer: Any, token_ids: list[int]) -> str:
+    # NUL is never meaningful text, and databases such as PostgreSQL refuse to store it.
+    return str(tokenizer.decode(token_ids, skip_special_tokens=True)).replace("\x00", "")
 
 
 def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,14 @@ def chat_model(db: Any, tiny_llama_dir: Path) -> Any:
         queue=DIRECT_QUEUE,
         is_default=True,
     )
+
+
+@pytest.fixture
+async def close_thread_connections() -> AsyncIterator[None]:
+    """Async tests reach the database from sync_to_async threads; close those connections
+    afterwards so that the test database can be dropped at the end of the run."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()

@@ -17,7 +17,11 @@ from webapp.chat.consumers import ChatConsumer
 from webapp.chat.models import Message
 from webapp.inference.models import Generation, Status
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("close_thread_connections"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from generation.streaming import TokenStream
 from webapp.catalog import services as catalog
 from webapp.inference import services, streams
 from webapp.inference.events import Usage
-from webapp.inference.models import Status
+from webapp.inference.models import Generation, Status
 from workers import model_cache
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,19 @@ def run_generation(generation_id: int) -> None:
         log.info("generation %s: nothing to run (unknown or already finished)", generation_id)
         return
     writer = streams.StreamWriter(generation_id)
+    try:
+        _run(generation, writer)
+    except Exception as exc:
+        # Whatever broke (the database refusing a write, Redis, a bug), the generation must
+        # not stay "running": end it as failed, keeping any partial text.
+        log.exception("generation %s failed", generation_id)
+        _fail(
+            writer, generation_id, f"generation failed: {type(exc).__name__}", partial=writer.text
+        )
+
+
+def _run(generation: Generation, writer: streams.StreamWriter) -> None:
+    generation_id = generation.pk
     writer.reset()  # a redelivered generation starts its stream over
     if streams.stop_requested(generation_id):
         services.finish(generation_id, status=Status.STOPPED, finish_reason="stopped")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import connections
 
 from webapp.asgi import application
 from webapp.chat.consumers import ChatConsumer
@@ -17,7 +18,10 @@ from webapp.chat.models import Conversation, Message
 from webapp.inference.models import Generation, Status
 from workers.runner import run_generation
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("close_thread_connections"),
+]
 
 
 async def connect(user: Any) -> WebsocketCommunicator:
@@ -48,8 +52,15 @@ async def send_message(communicator: WebsocketCommunicator, **fields: Any) -> di
     return accepted
 
 
+def _run_and_close(generation_id: int) -> None:
+    try:
+        run_generation(generation_id)
+    finally:
+        connections.close_all()
+
+
 async def run_worker(generation_id: int) -> None:
-    await sync_to_async(run_generation, thread_sensitive=False)(generation_id)
+    await sync_to_async(_run_and_close, thread_sensitive=False)(generation_id)
 
 
 async def test_message_streams_a_reply_that_is_stored(alice: Any, chat_model: Any) -> None:
@@ -192,4 +203,19 @@ async def test_model_load_error_fails_the_generation_and_is_recorded_on_the_entr
     assert "does not exist" in events[-1]["error"] and "tiny-llama" in events[-1]["error"]
     await chat_model.arefresh_from_db()
     assert "does not exist" in chat_model.last_error
+    await communicator.disconnect()
+
+
+async def test_an_unexpected_failure_ends_the_generation_as_failed(
+    alice: Any, chat_model: Any
+) -> None:
+    communicator = await connect(alice)
+    accepted = await send_message(communicator)
+    # A row the runner cannot use (no messages): whatever breaks, it must not stay running.
+    await Generation.objects.filter(pk=accepted["generation"]).aupdate(input={})
+    await run_worker(accepted["generation"])
+    events = await receive_until_done(communicator)
+    assert events[-1]["status"] == "failed" and "KeyError" in events[-1]["error"]
+    generation = await Generation.objects.aget(pk=accepted["generation"])
+    assert generation.status == Status.FAILED and generation.finished_at is not None
     await communicator.disconnect()

@@ -30,6 +30,8 @@ def test_valid_messages_parse() -> None:
         3, 7
     )
     assert parse_client_message({"type": "stop", "generation": 3}) == Stop(3)
+    with_stops = parse_client_message({"type": "message", "content": "hi", "stop": ["###"]})
+    assert isinstance(with_stops, SendMessage) and with_stops.params.stop == ("###",)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,12 @@ def test_valid_messages_parse() -> None:
         ('{"type": "subscribe", "generation": 1, "after": -1}', "bad_field"),
         ('{"type": "subscribe"}', "bad_field"),
         ('{"type": "stop", "generation": 0}', "bad_field"),
+        ('{"type": "message", "content": "nul \\u0000 inside"}', "bad_field"),
+        ('{"type": "message", "content": "x", "system": "nul \\u0000"}', "bad_field"),
+        ('{"type": "message", "content": "x", "stop": "##"}', "bad_field"),
+        ('{"type": "message", "content": "x", "stop": ["a", 1]}', "bad_field"),
+        ('{"type": "message", "content": "x", "temprature": 1}', "unknown_field"),
+        ('{"type": "stop", "generation": 1, "now": true}', "unknown_field"),
     ],
 )
 def test_bad_frames_get_a_clear_code(frame: str, code: str) -> None:

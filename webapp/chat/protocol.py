@@ -76,8 +76,31 @@ def _number(value: Any, field: str, default: float) -> float:
     return float(value)
 
 
+FIELDS = {
+    "message": {
+        "type",
+        "content",
+        "conversation",
+        "model",
+        "system",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "seed",
+        "stop",
+    },
+    "subscribe": {"type", "generation", "after"},
+    "stop": {"type", "generation"},
+}
+
+
 def parse_client_message(frame: dict[str, Any]) -> ClientMessage:
     kind = frame.get("type")
+    unknown = sorted(set(frame) - FIELDS.get(kind, set(frame))) if isinstance(kind, str) else []
+    if unknown:
+        raise ProtocolError(
+            "unknown_field", f"Unknown field(s) for {kind!r}: {', '.join(unknown)}."
+        )
     if kind == "message":
         return _parse_send(frame)
     if kind == "subscribe":
@@ -96,6 +119,8 @@ def _parse_send(frame: dict[str, Any]) -> SendMessage:
     content = frame.get("content")
     if not isinstance(content, str) or not content.strip():
         raise ProtocolError("bad_field", "'content' must be non-empty text.")
+    if "\x00" in content:
+        raise ProtocolError("bad_field", "'content' must not contain NUL characters.")
     if len(content) > settings.ATELIER_MAX_MESSAGE_CHARS:
         raise ProtocolError(
             "too_long",
@@ -103,8 +128,8 @@ def _parse_send(frame: dict[str, Any]) -> SendMessage:
             f"the limit is {settings.ATELIER_MAX_MESSAGE_CHARS}.",
         )
     system = frame.get("system")
-    if system is not None and not isinstance(system, str):
-        raise ProtocolError("bad_field", "'system' must be text.")
+    if system is not None and (not isinstance(system, str) or "\x00" in system):
+        raise ProtocolError("bad_field", "'system' must be text without NUL characters.")
     if system and len(system) > settings.ATELIER_MAX_SYSTEM_PROMPT_CHARS:
         raise ProtocolError(
             "too_long",
@@ -119,12 +144,16 @@ def _parse_send(frame: dict[str, Any]) -> SendMessage:
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32
     ):
         raise ProtocolError("bad_field", "'seed' must be an integer between 0 and 2^32-1.")
+    stop = frame.get("stop", [])
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ProtocolError("bad_field", "'stop' must be a list of strings.")
     try:
         params = SamplingParams(
             temperature=_number(frame.get("temperature"), "temperature", 0.7),
             top_p=_number(frame.get("top_p"), "top_p", 0.95),
             max_new_tokens=max_tokens,
             seed=seed,
+            stop=tuple(stop),
         )
     except ValueError as exc:
         raise ProtocolError(

@@ -6,6 +6,7 @@ is a plain XREAD from 0-N: a client that reconnects, to any web process, resumes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -32,13 +33,27 @@ _sync_client: redis.Redis | None = None
 def sync_redis() -> redis.Redis:
     global _sync_client
     if _sync_client is None:
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+        _sync_client = redis.Redis.from_url(
+            settings.REDIS_URL,
+            health_check_interval=30,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
     return _sync_client
+
+
+# XREAD blocks this long; the socket timeout must be longer (redis-py's default is 5 s).
+READ_BLOCK_MS = 5000
 
 
 def async_redis() -> aioredis.Redis:
     """A new asyncio client; the caller closes it (clients are bound to one event loop)."""
-    return aioredis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+    return aioredis.Redis.from_url(
+        settings.REDIS_URL,
+        health_check_interval=30,
+        socket_timeout=READ_BLOCK_MS / 1000 + 10,
+        socket_connect_timeout=5,
+    )
 
 
 def request_stop(generation_id: int) -> None:
@@ -137,17 +152,23 @@ def _decode(fields: dict[Any, Any]) -> StreamEvent:
 
 
 async def read_events(
-    client: aioredis.Redis, generation_id: int, after: int = 0, block_ms: int = 5000
+    client: aioredis.Redis, generation_id: int, after: int = 0, block_ms: int = READ_BLOCK_MS
 ) -> AsyncIterator[StreamEvent | None]:
     """Yield the generation's events with seq > after, then live ones as they come.
 
     Yields None whenever `block_ms` pass with nothing new, so the caller can check
-    whether the stream is still expected to grow.
+    whether the stream is still expected to grow. A lost Redis connection is retried
+    from the last event read, so nothing is skipped or repeated.
     """
     key = stream_key(generation_id)
     last_id = f"0-{after}"
     while True:
-        response: Any = await client.xread({key: last_id}, block=block_ms, count=500)
+        try:
+            response: Any = await client.xread({key: last_id}, block=block_ms, count=500)
+        except (redis.ConnectionError, redis.TimeoutError):
+            await asyncio.sleep(0.5)
+            yield None
+            continue
         if not response:
             yield None
             continue
