@@ -28,21 +28,62 @@ class StreamStats:
     total_seconds: float = 0.0
 
 
-class _QueueStreamer(BaseStreamer):
-    """Receives new token ids from generate() (running in a thread) and queues them."""
+class _TextStreamer(BaseStreamer):
+    """Receives new token ids from generate() in the generating thread, turns them into
+    text, holds back what may be the start of a stop sequence, and hands each new piece
+    to `on_text`. When a stop sequence appears it ends generation through `stop_event`."""
 
-    def __init__(self) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue()
+    def __init__(
+        self,
+        tokenizer: Any,
+        stops: tuple[str, ...],
+        stop_event: threading.Event,
+        stats: StreamStats,
+        on_text: Callable[[str], None],
+        started: float,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.stop_event = stop_event
+        self.stats = stats
+        self.on_text = on_text
+        self.started = started
+        self.token_ids: list[int] = []
+        self.text = ""  # the text handed out so far
+        self.cut = False  # a stop sequence ended the text
         self._skipped_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self._skipped_prompt:  # generate() first hands over the prompt itself
             self._skipped_prompt = True
             return
-        self.queue.put(value.reshape(-1).tolist())
+        if self.cut:
+            return
+        self.token_ids.extend(value.reshape(-1).tolist())
+        self.stats.completion_tokens = len(self.token_ids)
+        if self.stats.first_token_seconds is None:
+            self.stats.first_token_seconds = time.perf_counter() - self.started
+        text = _decode(self.tokenizer, self.token_ids)
+        sent = len(self.text)
+        if self.stops:
+            cut = _first_stop(text, self.stops, start=max(0, sent - max(map(len, self.stops))))
+            if cut is not None:
+                self.cut = True
+                self.stop_event.set()
+                self._send(text[:cut])
+                return
+        self._send(text[: len(text) - _held_back(text, self.stops)])
 
     def end(self) -> None:
-        self.queue.put(_DONE)
+        """Text held back for a stop sequence that never came goes out at the end."""
+        if not self.cut:
+            self._send(_decode(self.tokenizer, self.token_ids))
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.text):
+            piece = text[len(self.text) :]
+            self.text = text
+            self.on_text(piece)
 
 
 class _StopWhen(StoppingCriteria):
@@ -76,11 +117,11 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 class TokenStream:
-    """Iterate over text pieces as the model produces them.
+    """Text pieces as the model produces them: `run(on_text)`, or iterate.
 
     `should_stop` is polled between decoding steps (e.g. a stop flag in Redis); when it
-    returns True generation ends after the current step. After iteration, `stats` holds
-    token counts, timings and why generation ended.
+    returns True generation ends after the current step. Afterwards `stats` holds token
+    counts, timings and why generation ended, and `text` the whole text handed out.
     """
 
     def __init__(
@@ -115,76 +156,65 @@ class TokenStream:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def __iter__(self) -> Iterator[str]:
-        tokenizer = self.loaded.tokenizer
-        streamer = _QueueStreamer()
+    def run(self, on_text: Callable[[str], None]) -> StreamStats:
+        """Generate in this thread, calling `on_text` with each new piece of text.
+
+        This is the fast path: generate() keeps the thread to itself. (Running it in a
+        second thread while this one waits costs up to 3x in tokens/s, measured on CUDA;
+        see docs/benchmarks.md.) Exceptions from generate() or on_text propagate.
+        """
         stop_event = threading.Event()
-        error: list[BaseException] = []
         stop_when = _StopWhen(stop_event, self.should_stop)
-        kwargs = self._generate_kwargs(streamer, stop_when)
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.loaded.model.generate(**kwargs)
-            except BaseException as exc:  # handed to the consuming thread
-                error.append(exc)
-                streamer.end()
-
+        started = time.perf_counter()
+        streamer = _TextStreamer(
+            self.loaded.tokenizer, self.params.stop, stop_event, self.stats, on_text, started
+        )
         if self.params.seed is not None:
             torch.manual_seed(self.params.seed)
-        started = time.perf_counter()
-        worker = threading.Thread(target=run, name="generate", daemon=True)
-        worker.start()
-
-        eos_ids = _eos_ids(self.loaded)
-        token_ids: list[int] = []
-        sent = 0
-        stops = self.params.stop
         try:
-            while True:
-                item = streamer.queue.get()
-                if item is _DONE:
-                    break
-                token_ids.extend(item)
-                self.stats.completion_tokens = len(token_ids)
-                if self.stats.first_token_seconds is None:
-                    self.stats.first_token_seconds = time.perf_counter() - started
-                text = _decode(tokenizer, token_ids)
-                if stops:
-                    cut = _first_stop(text, stops, start=max(0, sent - max(map(len, stops))))
-                    if cut is not None:
-                        stop_event.set()
-                        self.stats.finish_reason = "stop_sequence"
-                        if cut > sent:
-                            yield text[sent:cut]
-                        sent = cut
-                        text = text[:cut]
-                        self.text = text
-                        break
-                ready = len(text) - _held_back(text, stops)
-                if ready > sent:
-                    yield text[sent:ready]
-                    sent = ready
-                self.text = text[:sent]
+            with torch.inference_mode():
+                self.loaded.model.generate(**self._generate_kwargs(streamer, stop_when))
         finally:
-            # Also reached when the consumer stops iterating early: end generate() too.
-            stop_event.set()
+            self.text = streamer.text
+            self.stats.total_seconds = time.perf_counter() - started
+        if streamer.cut:
+            self.stats.finish_reason = "stop_sequence"
+        elif stop_when.requested:
+            self.stats.finish_reason = "stopped"
+        elif streamer.token_ids and streamer.token_ids[-1] in _eos_ids(self.loaded):
+            self.stats.finish_reason = "eos"
+        else:
+            self.stats.finish_reason = "length"
+        return self.stats
+
+    def __iter__(self) -> Iterator[str]:
+        """The pieces as an iterator: run() in a background thread. Convenient for tests
+        and scripts; the worker uses run(). Stopping the iteration early ends generation."""
+        pieces: queue.Queue[Any] = queue.Queue()
+        error: list[BaseException] = []
+        consumer_gone = threading.Event()
+        outer_should_stop = self.should_stop
+        self.should_stop = lambda: consumer_gone.is_set() or outer_should_stop()
+
+        def produce() -> None:
+            try:
+                self.run(pieces.put)
+            except BaseException as exc:  # handed to the consuming thread
+                error.append(exc)
+            finally:
+                pieces.put(_DONE)
+
+        worker = threading.Thread(target=produce, name="generate", daemon=True)
+        worker.start()
+        try:
+            while (piece := pieces.get()) is not _DONE:
+                yield piece
+        finally:
+            consumer_gone.set()
             worker.join()
+            self.should_stop = outer_should_stop
         if error:
             raise error[0]
-        if not self.stats.finish_reason:
-            text = _decode(tokenizer, token_ids)
-            if len(text) > sent:  # text held back for a stop sequence that never came
-                yield text[sent:]
-            self.text = text
-            if stop_when.requested:
-                self.stats.finish_reason = "stopped"
-            elif token_ids and token_ids[-1] in eos_ids:
-                self.stats.finish_reason = "eos"
-            else:
-                self.stats.finish_reason = "length"
-        self.stats.total_seconds = time.perf_counter() - started
 
 
 def _decode(tokenizer: Any, token_ids: list[int]) -> str:

@@ -75,12 +75,16 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
         stream = TokenStream(
             loaded, prompt_ids, params, should_stop=lambda: streams.stop_requested(generation_id)
         )
-        first = True
-        for piece in stream:
-            if first:
+        first_piece = True
+
+        def on_text(piece: str) -> None:
+            nonlocal first_piece
+            if first_piece:
                 services.mark_first_token(generation_id)
-                first = False
+                first_piece = False
             writer.add(piece)
+
+        stream.run(on_text)
     except (GenerationError, ValueError) as exc:
         _fail(writer, generation_id, str(exc))
         return

@@ -371,3 +371,24 @@ def test_a_finished_stream_leaves_no_thread_behind(llama: LoadedModel) -> None:
     run(llama, chat_prompt(llama), GREEDY)
     assert generate_threads() == []
     assert threading.active_count() == before
+
+
+def test_run_calls_back_in_the_calling_thread_with_the_same_text_as_iteration(
+    tiny: LoadedModel,
+) -> None:
+    prompt = chat_prompt(tiny)
+    params = SamplingParams(temperature=0, max_new_tokens=24)
+    threads_seen: set[int] = set()
+    pieces: list[str] = []
+
+    def on_text(piece: str) -> None:
+        threads_seen.add(threading.get_ident())
+        pieces.append(piece)
+
+    before = threading.active_count()
+    stream = TokenStream(tiny, prompt, params)
+    stats = stream.run(on_text)
+    assert threads_seen == {threading.get_ident()}  # no second thread on the fast path
+    assert threading.active_count() == before
+    assert "".join(pieces) == stream.text == "".join(TokenStream(tiny, prompt, params))
+    assert stats.completion_tokens <= 24 and stats.finish_reason in ("eos", "length")
