@@ -27,7 +27,7 @@ import torch
 
 from generation.loading import load_causal_lm
 from generation.prompts import build_chat_input
-from generation.specs import ModelSpec, SamplingParams
+from generation.specs import Device, ModelSpec, Quantization, SamplingParams
 from generation.streaming import TokenStream
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -50,7 +50,12 @@ def measure(source: str, mode: str, device: str, tokens: int, runs: int) -> dict
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     loaded = load_causal_lm(
-        ModelSpec(name=f"bench-{mode}", source=source, quantization=mode, device=device)
+        ModelSpec(
+            name=f"bench-{mode}",
+            source=source,
+            quantization=Quantization(mode),
+            device=Device(device),
+        )
     )
     weights_mb = (
         (torch.cuda.memory_allocated() - before) / 2**20 if device == "cuda" else float("nan")
