@@ -219,3 +219,21 @@ async def test_an_unexpected_failure_ends_the_generation_as_failed(
     generation = await Generation.objects.aget(pk=accepted["generation"])
     assert generation.status == Status.FAILED and generation.finished_at is not None
     await communicator.disconnect()
+
+
+async def test_a_finished_reply_whose_stream_expired_is_sent_from_the_database(
+    alice: Any, chat_model: Any
+) -> None:
+    from webapp.inference.streams import stream_key, sync_redis
+
+    communicator = await connect(alice)
+    accepted = await send_message(communicator, temperature=0)
+    await run_worker(accepted["generation"])
+    first = await receive_until_done(communicator)
+    sync_redis().delete(stream_key(accepted["generation"]))  # as if the retention had passed
+
+    await communicator.send_json_to({"type": "subscribe", "generation": accepted["generation"]})
+    done = await communicator.receive_json_from(timeout=2)  # at once, not after a block
+    assert done["type"] == "done" and done["status"] == "done"
+    assert done["text"] == first[-1]["text"] and done["html"] == first[-1]["html"]
+    await communicator.disconnect()

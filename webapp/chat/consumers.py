@@ -126,17 +126,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """Send the generation's events after `after` to the client, then live ones,
         ending with its done event (rendered to HTML here, in the web process)."""
         try:
+            if await self.answered_from_database(generation_id):
+                return
             async for event in streams.read_events(self.redis, generation_id, after):
-                if event is None:
-                    # Nothing new for a while: if the generation finished and its stream is
-                    # gone (expired), answer from the database instead.
-                    generation = await database_sync_to_async(Generation.objects.get)(
-                        pk=generation_id
-                    )
-                    if generation.is_finished and not await self.redis.exists(
-                        streams.stream_key(generation_id)
-                    ):
-                        await self.send_json(_done_from_database(generation))
+                if event is None:  # nothing new for a while: has the stream expired?
+                    if await self.answered_from_database(generation_id):
                         return
                     continue
                 if event["type"] == "done":
@@ -156,6 +150,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         finally:
             if self.relays.get(generation_id) is asyncio.current_task():
                 del self.relays[generation_id]
+
+    async def answered_from_database(self, generation_id: int) -> bool:
+        """A finished generation whose stream has expired from Redis: send its done event
+        from the database (the text is kept there for good). True if it was sent."""
+        if await self.redis.exists(streams.stream_key(generation_id)):
+            return False
+        generation = await database_sync_to_async(Generation.objects.get)(pk=generation_id)
+        if not generation.is_finished:
+            return False
+        await self.send_json(_done_from_database(generation))
+        return True
 
 
 def _with_text(event: DoneEvent, text: str) -> DoneEvent:
