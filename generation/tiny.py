@@ -52,8 +52,11 @@ def train_tokenizer(vocab_size: int = 300) -> object:
     return tokenizer
 
 
-def build_tiny_causal_lm(folder: Path, family: str = "llama", seed: int = 0) -> Path:
-    """Save a tiny random-weight causal LM ('llama' or 'gpt2') and its tokenizer to folder."""
+def build_tiny_causal_lm(
+    folder: Path, family: str = "llama", seed: int = 0, hidden_size: int = 32
+) -> Path:
+    """Save a tiny random-weight causal LM ('llama' or 'gpt2') and its tokenizer to folder.
+    (bitsandbytes' 4-bit layers need hidden_size >= 64.)"""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
@@ -65,8 +68,8 @@ def build_tiny_causal_lm(folder: Path, family: str = "llama", seed: int = 0) -> 
     if family == "llama":
         config = LlamaConfig(
             vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
@@ -79,7 +82,7 @@ def build_tiny_causal_lm(folder: Path, family: str = "llama", seed: int = 0) -> 
     elif family == "gpt2":
         config = GPT2Config(
             vocab_size=vocab,
-            n_embd=32,
+            n_embd=hidden_size,
             n_layer=2,
             n_head=4,
             n_positions=512,

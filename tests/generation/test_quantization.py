@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +15,12 @@ from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 from transformers.pytorch_utils import Conv1D
 
-from generation.loading import LoadedModel
+from generation.loading import LoadedModel, load_causal_lm
+from generation.prompts import build_chat_input
 from generation.quantization import _conv1d_to_linear, apply_int8_dynamic, bnb_config
-from generation.specs import Quantization, SamplingParams
+from generation.specs import ModelSpec, Quantization, SamplingParams
 from generation.streaming import TokenStream
+from generation.tiny import build_tiny_causal_lm
 
 LoadTiny = Callable[..., LoadedModel]
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -181,3 +184,30 @@ def test_bnb_config_for_4bit_uses_nf4_and_double_quant(dtype: torch.dtype) -> No
 def test_bnb_config_rejects_modes_that_are_not_bitsandbytes(mode: Quantization) -> None:
     with pytest.raises(ValueError, match="not a bitsandbytes mode"):
         bnb_config(mode, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def wide_llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # bitsandbytes' 4-bit layers need rows of at least 64 values.
+    return build_tiny_causal_lm(
+        tmp_path_factory.mktemp("wide-llama"), family="llama", hidden_size=64
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "layer_type"), [("bnb_8bit", "Linear8bitLt"), ("bnb_4bit", "Linear4bit")]
+)
+def test_bitsandbytes_modes_run_on_cpu(wide_llama_folder: Path, mode: str, layer_type: str) -> None:
+    full = load_causal_lm(ModelSpec(name="full", source=str(wide_llama_folder), device="cpu"))
+    loaded = load_causal_lm(
+        ModelSpec(name=mode, source=str(wide_llama_folder), quantization=mode, device="cpu")
+    )
+    projections = [m for m in decoder_layers(loaded).modules() if type(m).__name__ == layer_type]
+    assert len(projections) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
+    assert loaded.model.get_memory_footprint() < full.model.get_memory_footprint()
+    prompt = build_chat_input(
+        loaded.tokenizer, [{"role": "user", "content": "hi"}], max_prompt_tokens=200
+    )
+    stream = TokenStream(loaded, prompt, SamplingParams(temperature=0, max_new_tokens=8))
+    stats = stream.run(lambda piece: None)
+    assert stats.completion_tokens == 8 or stats.finish_reason == "eos"
