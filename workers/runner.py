@@ -29,9 +29,8 @@ def run_generation(generation_id: int) -> None:
         # Whatever broke (the database refusing a write, Redis, a bug), the generation must
         # not stay "running": end it as failed, keeping any partial text.
         log.exception("generation %s failed", generation_id)
-        _fail(
-            writer, generation_id, f"generation failed: {type(exc).__name__}", partial=writer.text
-        )
+        message = f"generation failed: {type(exc).__name__}: {exc}"
+        _fail(writer, generation_id, message, partial=writer.text)
 
 
 def _run(generation: Generation, writer: streams.StreamWriter) -> None:
@@ -85,17 +84,8 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
             writer.add(piece)
 
         stream.run(on_text)
-    except (GenerationError, ValueError) as exc:
+    except (GenerationError, ValueError) as exc:  # the request cannot run on this model
         _fail(writer, generation_id, str(exc))
-        return
-    except Exception as exc:
-        log.exception("generation %s failed", generation_id)
-        _fail(
-            writer,
-            generation_id,
-            f"generation failed: {type(exc).__name__}: {exc}",
-            partial=writer.text,
-        )
         return
 
     stats = stream.stats
@@ -119,7 +109,15 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
 def _fail(
     writer: streams.StreamWriter, generation_id: int, message: str, partial: str = ""
 ) -> None:
-    services.finish(
-        generation_id, status=Status.FAILED, error=message, output=partial, finish_reason="error"
-    )
+    try:
+        services.finish(
+            generation_id,
+            status=Status.FAILED,
+            error=message,
+            output=partial,
+            finish_reason="error",
+        )
+    except Exception:  # e.g. the partial text itself was refused: keep the verdict at least
+        log.exception("generation %s: could not store the partial text", generation_id)
+        services.finish(generation_id, status=Status.FAILED, error=message, finish_reason="error")
     writer.done(Status.FAILED, finish_reason="error", error=message)

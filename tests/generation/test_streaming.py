@@ -392,3 +392,12 @@ def test_run_calls_back_in_the_calling_thread_with_the_same_text_as_iteration(
     assert threading.active_count() == before
     assert "".join(pieces) == stream.text == "".join(TokenStream(tiny, prompt, params))
     assert stats.completion_tokens <= 24 and stats.finish_reason in ("eos", "length")
+
+
+def test_nul_characters_never_leave_the_stream(tiny: LoadedModel) -> None:
+    # Databases such as PostgreSQL refuse NUL in text; a model can still emit its byte.
+    from generation.streaming import _decode
+
+    ids = tiny.tokenizer.encode("a\x00b", add_special_tokens=False)
+    assert "\x00" in tiny.tokenizer.decode(ids)
+    assert _decode(tiny.tokenizer, ids) == "ab"
