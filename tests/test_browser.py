@@ -3,6 +3,7 @@ in, reload, and find the conversation still there."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,11 +47,25 @@ def site(
         yield url
 
 
+@pytest.fixture(scope="module")
+def endless_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model without an end-of-sequence token, so that every reply runs to its
+    length limit and streams in many pieces (a random model may otherwise stop at once)."""
+    folder = tmp_path_factory.mktemp("endless") / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    config_file = folder / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    config["eos_token_id"] = None
+    config_file.write_text(json.dumps(config))
+    return folder
+
+
 @pytest.fixture
-def dana(make_user: Any, chat_model: Any) -> Any:
+def dana(make_user: Any, chat_model: Any, endless_llama_dir: Path) -> Any:
     """A user and a chat model served by the worker; made before the browser starts, since
     Playwright's event loop makes the main thread async (no ORM calls from then on)."""
     chat_model.queue = WORKER_QUEUE
+    chat_model.source = str(endless_llama_dir)
     chat_model.save()
     return make_user("dana", password="dana-passphrase-1")
 
