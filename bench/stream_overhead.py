@@ -51,6 +51,7 @@ MODELS_DIR = ROOT / "var" / "models"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 TARGET_RATIO = 0.95
 BUSY_LOAD = 0.25  # load average per core above which a warning says the figures are noisy
+MAX_SPREAD = 1.2  # fastest/slowest run of a layer above which a warning says the same
 MESSAGE_TIMEOUT = 300.0  # seconds for one message, the first one loading the model
 
 
@@ -482,6 +483,18 @@ def report(
             "  WARNING: the machine was busy before the benchmark started (load average "
             f"{info['load_before']:.2f} on {os.cpu_count()} cores); other processes compete "
             "for the cores and the figures, the ratio above all, are unreliable"
+        )
+    uneven = [
+        f"{layer.name} ({max(layer.rates) / min(layer.rates):.2f}x)"
+        for layer in [*layers, stack]
+        if len(layer.rates) > 1 and max(layer.rates) > MAX_SPREAD * min(layer.rates)
+    ]
+    if uneven:
+        print(
+            f"  WARNING: runs of one layer differ by more than {MAX_SPREAD}x: "
+            f"{', '.join(uneven)}; something else probably ran on the machine (with torch's "
+            "OpenMP threads on every core, any other busy process slows decoding several "
+            "times over); rerun on a quiet machine"
         )
     same = info["stack_text"] == info["stream_text"]
     print(f"  same text as TokenStream in process: {'yes' if same else 'NO'}")
