@@ -1,11 +1,14 @@
+from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_POST
 
 from generation.specs import Task
 from webapp.accounts.models import User
 from webapp.catalog.services import usable_models
-from webapp.chat import services
+from webapp.chat import history, services
 from webapp.chat.rendering import render_markdown
 
 
@@ -32,7 +35,8 @@ def _page(request: HttpRequest, conversation: services.Conversation | None) -> H
         "chat/chat.html",
         {
             "conversation": conversation,
-            "conversations": services.conversations_for(user)[:200],
+            "conversations": history.search(user, request.GET.get("q", ""))[:200],
+            "query": request.GET.get("q", ""),
             "shown": shown,
             "models": models,
             "selected_model": selected,
@@ -45,12 +49,72 @@ def home(request: HttpRequest) -> HttpResponse:
     return _page(request, None)
 
 
-@login_required
-def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def _own_conversation(request: HttpRequest, conversation_id: int) -> services.Conversation:
     user = request.user
     assert isinstance(user, User)
     try:
-        found = services.conversation_for(user, conversation_id)
+        return services.conversation_for(user, conversation_id)
     except services.NotFound:
         raise Http404("No such conversation.") from None
-    return _page(request, found)
+
+
+@login_required
+def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    return _page(request, _own_conversation(request, conversation_id))
+
+
+@login_required
+@require_POST
+def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    found = _own_conversation(request, conversation_id)
+    try:
+        history.rename(found, request.POST.get("title", ""))
+    except history.HistoryError as exc:
+        flash.error(request, str(exc))
+    return redirect("chat:conversation", found.pk)
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    found = _own_conversation(request, conversation_id)
+    history.delete(found)
+    flash.success(request, f"Deleted “{found.title}”.")
+    return redirect("chat:home")
+
+
+@login_required
+@require_GET
+def export(request: HttpRequest, conversation_id: str, kind: str) -> HttpResponse:
+    found = _own_conversation(request, int(conversation_id))
+    if kind == "json":
+        body, content_type = history.export_json(found), "application/json"
+    else:
+        body, content_type = history.export_markdown(found), "text/markdown"
+    response = HttpResponse(body, content_type=f"{content_type}; charset=utf-8")
+    name = slugify(found.title)[:60] or f"conversation-{found.pk}"
+    response["Content-Disposition"] = (
+        f'attachment; filename="{name}.{"json" if kind == "json" else "md"}"'
+    )
+    return response
+
+
+@login_required
+@require_POST
+def import_conversation(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    assert isinstance(user, User)
+    upload = request.FILES.get("file")
+    if upload is None:
+        flash.error(request, "Choose a JSON file exported from Atelier.")
+        return redirect("chat:home")
+    if upload.size is not None and upload.size > history.MAX_IMPORT_BYTES:
+        flash.error(request, "The file is too large to import.")
+        return redirect("chat:home")
+    try:
+        imported = history.import_json(user, upload.read(history.MAX_IMPORT_BYTES + 1))
+    except history.HistoryError as exc:
+        flash.error(request, f"Import failed: {exc}")
+        return redirect("chat:home")
+    flash.success(request, f"Imported “{imported.title}”.")
+    return redirect("chat:conversation", imported.pk)

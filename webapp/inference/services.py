@@ -77,3 +77,17 @@ def stop(generation_id: int) -> None:
     )
     if stopped_in_queue:
         streams.StreamWriter(generation_id).done(Status.STOPPED, finish_reason="stopped")
+
+
+def delete_generations(generation_ids: list[int]) -> None:
+    """Delete generations for good: running ones are told to stop, their stream data
+    is removed from Redis, and the rows go."""
+    if not generation_ids:
+        return
+    running = Generation.objects.filter(
+        pk__in=generation_ids, status__in=[Status.QUEUED, Status.RUNNING]
+    )
+    for generation_id in running.values_list("pk", flat=True):
+        streams.request_stop(generation_id)
+    Generation.objects.filter(pk__in=generation_ids).delete()
+    streams.delete_streams(generation_ids)

@@ -60,6 +60,14 @@ def request_stop(generation_id: int) -> None:
     sync_redis().set(stop_key(generation_id), 1, ex=settings.ATELIER_STREAM_RETENTION_SECONDS)
 
 
+def delete_streams(generation_ids: list[int]) -> None:
+    """Remove the stream of each generation (its stop flag stays until it expires, so
+    that a worker still running one of them sees it)."""
+    keys = [stream_key(generation_id) for generation_id in generation_ids]
+    for start in range(0, len(keys), 500):
+        sync_redis().delete(*keys[start : start + 500])
+
+
 def stop_requested(generation_id: int) -> bool:
     return bool(sync_redis().exists(stop_key(generation_id)))
 

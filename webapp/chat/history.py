@@ -1,0 +1,144 @@
+"""A user's history: search, rename, delete, and export/import of conversations."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q, QuerySet
+
+from webapp.accounts.models import User
+from webapp.chat.models import Conversation, Message, Role
+from webapp.chat.services import conversations_for, visible_path
+from webapp.inference import services as inference
+
+EXPORT_FORMAT = "atelier.conversation"
+EXPORT_VERSION = 1
+MAX_TITLE_CHARS = 200
+MAX_IMPORT_BYTES = 5 * 1024 * 1024
+MAX_IMPORT_MESSAGES = 5000
+
+
+class HistoryError(Exception):
+    """Bad input for a history action; the message says what is wrong."""
+
+
+def search(user: User, query: str) -> QuerySet[Conversation]:
+    """The user's conversations whose title or any message (either side) contains query."""
+    conversations = conversations_for(user)
+    query = query.strip()
+    if not query:
+        return conversations
+    return conversations.filter(
+        Q(title__icontains=query)
+        | Q(messages__content__icontains=query)
+        | Q(messages__generation__output__icontains=query)
+    ).distinct()
+
+
+def rename(conversation: Conversation, title: str) -> None:
+    title = " ".join(title.split())
+    if not title:
+        raise HistoryError("A title cannot be empty.")
+    if len(title) > MAX_TITLE_CHARS:
+        raise HistoryError(f"A title is at most {MAX_TITLE_CHARS} characters.")
+    conversation.title = title
+    conversation.save(update_fields=["title", "updated_at"])
+
+
+def delete(conversation: Conversation) -> None:
+    """Delete the conversation with its messages, their generations and stream data."""
+    with transaction.atomic():
+        generation_ids = list(
+            conversation.messages.filter(generation__isnull=False).values_list(
+                "generation_id", flat=True
+            )
+        )
+        conversation.delete()
+        ids = [i for i in generation_ids if i is not None]
+        transaction.on_commit(lambda: inference.delete_generations(ids))
+
+
+def _turns(conversation: Conversation) -> list[dict[str, Any]]:
+    turns = []
+    for message in visible_path(conversation):
+        turn: dict[str, Any] = {
+            "role": message.role,
+            "content": message.text,
+            "created_at": message.created_at.isoformat(),
+        }
+        if message.generation is not None:
+            turn["model"] = message.generation.model_name
+            turn["status"] = message.generation.status
+        turns.append(turn)
+    return turns
+
+
+def export_json(conversation: Conversation) -> str:
+    return json.dumps(
+        {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "title": conversation.title,
+            "system_prompt": conversation.system_prompt,
+            "created_at": conversation.created_at.isoformat(),
+            "messages": _turns(conversation),
+        },
+        ensure_ascii=False,
+        indent=2,
+    )
+
+
+def export_markdown(conversation: Conversation) -> str:
+    lines = [f"# {conversation.title}", ""]
+    if conversation.system_prompt:
+        lines += ["**System prompt:**", "", conversation.system_prompt, ""]
+    for turn in _turns(conversation):
+        who = "User" if turn["role"] == Role.USER else f"Assistant ({turn.get('model', 'model')})"
+        lines += [f"## {who}", "", turn["content"], ""]
+    return "\n".join(lines)
+
+
+def import_json(user: User, raw: bytes) -> Conversation:
+    """A new conversation from a file that export_json wrote; HistoryError says what is wrong."""
+    if len(raw) > MAX_IMPORT_BYTES:
+        raise HistoryError(f"The file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MB.")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise HistoryError("The file is not JSON in UTF-8.") from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise HistoryError("The file is not a conversation exported from Atelier.")
+    if data.get("version") != EXPORT_VERSION:
+        raise HistoryError(f"Unsupported export version {data.get('version')!r}.")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise HistoryError("The file has no messages.")
+    if len(messages) > MAX_IMPORT_MESSAGES:
+        raise HistoryError(f"At most {MAX_IMPORT_MESSAGES} messages can be imported.")
+    checked: list[tuple[str, str]] = []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or message.get("role") not in (Role.USER, Role.ASSISTANT):
+            raise HistoryError(f"Message {number} needs a role of 'user' or 'assistant'.")
+        content = message.get("content")
+        if not isinstance(content, str) or "\x00" in content:
+            raise HistoryError(f"Message {number} needs text content.")
+        checked.append((message["role"], content))
+    title = data.get("title")
+    system_prompt = data.get("system_prompt", "")
+    if not isinstance(system_prompt, str) or "\x00" in system_prompt:
+        raise HistoryError("The system prompt must be text.")
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            user=user,
+            title=(" ".join(title.split())[:MAX_TITLE_CHARS] if isinstance(title, str) else "")
+            or "Imported",
+            system_prompt=system_prompt,
+        )
+        parent = None
+        for role, content in checked:  # messages get the import's time, in file order
+            parent = Message.objects.create(
+                conversation=conversation, parent=parent, role=role, content=content
+            )
+    return conversation
