@@ -96,3 +96,14 @@ async def close_thread_connections() -> AsyncIterator[None]:
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(scope="module")
+def test_db_env(django_db_setup: Any, django_db_blocker: Any) -> dict[str, str]:
+    """Environment for real worker and web processes that use this run's test database."""
+    from django.db import connection
+
+    from tests.processes import database_url, process_env
+
+    with django_db_blocker.unblock():
+        return process_env(DATABASE_URL=database_url(connection.settings_dict))

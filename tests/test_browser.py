@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from tests.conftest import WORKER_QUEUE
-from tests.processes import celery_worker, database_url, process_env, web_server
+from tests.processes import celery_worker, web_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -34,11 +33,8 @@ new MutationObserver(() => {
 
 
 @pytest.fixture(scope="module")
-def site(
-    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with django_db_blocker.unblock():
-        env = process_env(DATABASE_URL=database_url(connection.settings_dict))
+def site(test_db_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = test_db_env
     logs = tmp_path_factory.mktemp("site")
     with (
         celery_worker(env, [WORKER_QUEUE], logs / "worker.log"),

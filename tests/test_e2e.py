@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.db import connection
 
 from tests.conftest import WORKER_QUEUE
-from tests.processes import celery_worker, database_url, process_env
+from tests.processes import celery_worker
 from webapp.chat.consumers import ChatConsumer
 from webapp.chat.models import Message
 from webapp.inference.models import Generation, Status
@@ -25,13 +24,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def worker(
-    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Path]:
-    with django_db_blocker.unblock():
-        env = process_env(DATABASE_URL=database_url(connection.settings_dict))
+def worker(test_db_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with celery_worker(env, [WORKER_QUEUE], log):
+    with celery_worker(test_db_env, [WORKER_QUEUE], log):
         yield log
 
 
@@ -42,23 +37,23 @@ def worker_model(chat_model: Any) -> Any:
     return chat_model
 
 
+async def start_chat(user: Any, **message: Any) -> tuple[WebsocketCommunicator, dict[str, Any]]:
+    """Connect as user, send a message, and return the socket and its accepted event."""
+    communicator = WebsocketCommunicator(ChatConsumer.as_asgi(), "/ws/chat/")
+    communicator.scope["user"] = user
+    assert (await communicator.connect())[0]
+    await communicator.send_json_to({"type": "message", **message})
+    accepted = await communicator.receive_json_from(timeout=10)
+    assert accepted["type"] == "accepted", accepted
+    return communicator, accepted
+
+
 async def test_reply_streams_from_a_real_worker_process(
     alice: Any, worker_model: Any, worker: Path
 ) -> None:
-    communicator = WebsocketCommunicator(ChatConsumer.as_asgi(), "/ws/chat/")
-    communicator.scope["user"] = alice
-    assert (await communicator.connect())[0]
-    await communicator.send_json_to(
-        {
-            "type": "message",
-            "content": "Tell me a story",
-            "temperature": 0.8,
-            "seed": 7,
-            "max_tokens": 24,
-        }
+    communicator, accepted = await start_chat(
+        alice, content="Tell me a story", temperature=0.8, seed=7, max_tokens=24
     )
-    accepted = await communicator.receive_json_from(timeout=10)
-    assert accepted["type"] == "accepted"
     events = []
     while not events or events[-1]["type"] != "done":
         events.append(await communicator.receive_json_from(timeout=60))
@@ -86,20 +81,10 @@ async def test_reply_streams_from_a_real_worker_process(
 async def test_stop_ends_a_running_generation_promptly(
     alice: Any, worker_model: Any, worker: Path
 ) -> None:
-    communicator = WebsocketCommunicator(ChatConsumer.as_asgi(), "/ws/chat/")
-    communicator.scope["user"] = alice
-    assert (await communicator.connect())[0]
-    # A long request with a stop sequence that never matches, so generation runs until stopped.
-    await communicator.send_json_to(
-        {
-            "type": "message",
-            "content": "Go on and on",
-            "temperature": 1.0,
-            "seed": 1,
-            "max_tokens": 4000,
-        }
+    # A long request (shortened to the tiny model's context), so it is still running when stopped.
+    communicator, accepted = await start_chat(
+        alice, content="Go on and on", temperature=1.0, seed=1, max_tokens=4000
     )
-    accepted = await communicator.receive_json_from(timeout=10)
     first_token = None
     while first_token is None:
         event = await communicator.receive_json_from(timeout=60)
