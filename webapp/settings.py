@@ -125,7 +125,8 @@ ATELIER_REDIS_PREFIX = env_str("ATELIER_REDIS_PREFIX", "atelier")
 # --- Models ---------------------------------------------------------------------------
 MODELS_DIR = Path(env_str("ATELIER_MODELS_DIR", str(VAR_DIR / "models")))
 HF_HUB_OFFLINE = env_bool("HF_HUB_OFFLINE", False)
-os.environ["HF_HUB_OFFLINE"] = "1" if HF_HUB_OFFLINE else os.environ.get("HF_HUB_OFFLINE", "0")
+if HF_HUB_OFFLINE:  # huggingface_hub reads the variable itself; give it a spelling it knows
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 # --- Product settings -----------------------------------------------------------------
 # When true, people who sign up may generate at once; otherwise an admin approves them.
