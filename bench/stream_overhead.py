@@ -156,19 +156,6 @@ def setup_database(queue: str) -> tuple[Any, Any]:
     return user, entry
 
 
-def session_cookie(user: Any) -> str:
-    """A logged-in session for `user`, as a Cookie header value."""
-    from django.conf import settings
-    from django.contrib.sessions.backends.db import SessionStore
-
-    session = SessionStore()
-    session["_auth_user_id"] = str(user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-    session["_auth_user_hash"] = user.get_session_auth_hash()
-    session.create()
-    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
-
-
 # --- in-process layers ----------------------------------------------------------------------
 
 
@@ -239,8 +226,8 @@ def time_token_stream(
 
     params = SamplingParams(temperature=0.0, max_new_tokens=tokens)
     if worker_loop:
+        streams.delete_streams([fake_id])
         writer = streams.StreamWriter(fake_id)
-        writer.reset()
         stream = TokenStream(
             loaded, prompt_ids, params, should_stop=lambda: streams.stop_requested(fake_id)
         )
@@ -371,7 +358,13 @@ def measure_stack(
 ) -> tuple[Layer, dict[str, Any]]:
     from django.db import connection
 
-    from tests.processes import celery_worker, database_url, process_env, web_server
+    from tests.processes import (
+        celery_worker,
+        database_url,
+        process_env,
+        session_cookie,
+        web_server,
+    )
 
     env = process_env(
         DATABASE_URL=database_url(connection.settings_dict),

@@ -12,7 +12,8 @@
   let conversationId = chat.dataset.conversation ? Number(chat.dataset.conversation) : null;
   let socket = null;
   let retryDelay = 500;
-  let pending = null; // the assistant bubble waiting for "accepted"
+  // The request waiting for "accepted": {reply: bubble, undo: function restoring the page}.
+  let pending = null;
   const live = new Map(); // generation id -> {el, text, seq}
 
   function showError(text) {
@@ -21,7 +22,7 @@
     line.hidden = !text;
   }
 
-  function bubble(role, text) {
+  function bubble(role, text, before) {
     const hello = $("hello");
     if (hello) hello.remove();
     const el = document.createElement("article");
@@ -30,9 +31,58 @@
     body.className = "body";
     body.textContent = text;
     el.appendChild(body);
-    messages.appendChild(el);
+    if (role === "user") {
+      const source = document.createElement("textarea");
+      source.className = "source";
+      source.hidden = true;
+      source.value = text;
+      el.appendChild(source);
+    }
+    const tools = document.createElement("div");
+    tools.className = "tools";
+    el.appendChild(tools);
+    messages.insertBefore(el, before || null);
     el.scrollIntoView({ block: "end" });
     return el;
+  }
+
+  // The ‹ i/n › control and the Edit / Regenerate button of a message bubble.
+  function setTools(el, branch) {
+    const tools = el.querySelector(".tools");
+    tools.textContent = "";
+    if (branch && branch.count > 1) {
+      const form = document.createElement("form");
+      form.method = "post";
+      form.action = "/chat/" + conversationId + "/select/";
+      form.className = "branch-nav";
+      const csrf = document.createElement("input");
+      csrf.type = "hidden";
+      csrf.name = "csrfmiddlewaretoken";
+      csrf.value = chat.dataset.csrf;
+      form.appendChild(csrf);
+      const arrow = function (label, target, title) {
+        const b = document.createElement("button");
+        b.type = "submit";
+        b.name = "message";
+        b.className = "link";
+        b.title = title;
+        b.textContent = label;
+        b.value = target || "";
+        b.disabled = !target;
+        return b;
+      };
+      const count = document.createElement("span");
+      count.className = "branch-count";
+      count.textContent = branch.index + "/" + branch.count;
+      form.append(arrow("‹", branch.previous, "Previous version"), count,
+        arrow("›", branch.next, "Next version"));
+      tools.appendChild(form);
+    }
+    const action = document.createElement("button");
+    action.type = "button";
+    action.className = "link " + (el.classList.contains("user") ? "edit" : "regenerate");
+    action.textContent = el.classList.contains("user") ? "Edit" : "Regenerate";
+    tools.appendChild(action);
   }
 
   function setBusy(busy) {
@@ -40,64 +90,108 @@
     stopButton.hidden = !busy;
   }
 
-  function track(generation, el, after) {
-    el.dataset.generation = generation;
-    el.classList.add("streaming");
-    const state = live.get(generation) || { el: el, text: "", seq: after || 0 };
-    live.set(generation, state);
-    setBusy(true);
-    send({ type: "subscribe", generation: generation, after: state.seq });
+  function note(el, text, warn) {
+    let line = el.querySelector(".note");
+    if (!text) {
+      if (line) line.remove();
+      return;
+    }
+    if (!line) {
+      line = document.createElement("div");
+      line.className = "note";
+      el.insertBefore(line, el.querySelector(".tools"));
+    }
+    line.classList.toggle("warn", !!warn);
+    line.textContent = text;
   }
 
   function send(frame) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
   }
 
-  function onEvent(event) {
-    if (event.type === "accepted") {
-      if (event.created_conversation) {
-        conversationId = event.conversation;
-        history.replaceState(null, "", "/chat/" + event.conversation + "/");
-        const list = $("conversations");
-        const empty = list.querySelector(".empty");
-        if (empty) empty.remove();
-        const li = document.createElement("li");
-        li.className = "current";
-        const a = document.createElement("a");
-        a.href = "/chat/" + event.conversation + "/";
-        a.textContent = event.title;
-        li.appendChild(a);
-        list.prepend(li);
-      }
-      if (pending) {
-        pending.dataset.generation = event.generation;
-        pending.classList.add("streaming");
-        live.set(event.generation, { el: pending, text: "", seq: 0 });
-        pending = null;
-      }
-      return;
+  function sampling() {
+    const model = $("model").value;
+    return {
+      model: model ? Number(model) : null,
+      temperature: Number($("temperature").value),
+      max_tokens: Number($("max-tokens").value),
+    };
+  }
+
+  function ready() {
+    if (pending || live.size > 0) return false;
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      showError("Not connected yet; try again in a moment.");
+      return false;
     }
+    showError("");
+    return true;
+  }
+
+  function onAccepted(event) {
+    if (event.created_conversation) {
+      conversationId = event.conversation;
+      history.replaceState(null, "", "/chat/" + event.conversation + "/");
+      const list = $("conversations");
+      const empty = list.querySelector(".empty");
+      if (empty) empty.remove();
+      const li = document.createElement("li");
+      li.className = "current";
+      const a = document.createElement("a");
+      a.href = "/chat/" + event.conversation + "/";
+      a.textContent = event.title;
+      li.appendChild(a);
+      list.prepend(li);
+    }
+    if (!pending) return;
+    const reply = pending.reply;
+    messages.querySelectorAll(".hidden-while-pending").forEach((el) => el.remove());
+    const user = reply.previousElementSibling;
+    if (user && user.classList.contains("user")) {
+      user.dataset.message = event.user_message;
+      setTools(user, event.branches[event.user_message]);
+    }
+    reply.dataset.message = event.assistant_message;
+    reply.dataset.generation = event.generation;
+    setTools(reply, event.branches[event.assistant_message]);
+    live.set(event.generation, { el: reply, text: "", seq: 0 });
+    pending = null;
+  }
+
+  function onEvent(event) {
+    if (event.type === "accepted") return onAccepted(event);
     if (event.type === "error") {
       showError(event.message);
       if (pending) {
-        pending.remove();
+        pending.undo();
         pending = null;
-        setBusy(false);
+        if (live.size === 0) setBusy(false);
       }
       return;
     }
     const state = live.get(event.generation);
     if (!state) return;
+    if (event.type === "queue") return note(state.el, event.message, event.workers === 0);
+    if (event.type === "running") return note(state.el, "");
+    if (event.type === "worker_lost") return note(state.el, event.message, true);
     if (event.seq && event.seq <= state.seq) return; // already shown (after a resubscribe)
     if (event.seq) state.seq = event.seq;
     const body = state.el.querySelector(".body");
     if (event.type === "token") {
+      if (!state.text) note(state.el, "");
       state.text += event.text;
       body.textContent = state.text;
       state.el.scrollIntoView({ block: "end" });
     } else if (event.type === "status") {
       state.el.dataset.status = event.status;
+      if (event.status === "requeued") {
+        // Its worker died; the reply starts over on another worker.
+        state.text = "";
+        body.textContent = "";
+        note(state.el, "The worker stopped unexpectedly; starting this reply again…", true);
+      }
     } else if (event.type === "done") {
+      note(state.el, "");
       body.innerHTML = event.html; // rendered and sanitized on the server
       state.el.classList.remove("streaming");
       state.el.dataset.status = event.status;
@@ -105,7 +199,7 @@
         const meta = document.createElement("div");
         meta.className = "meta" + (event.status === "failed" ? " error" : "");
         meta.textContent = event.status === "failed" ? event.error : "stopped";
-        state.el.appendChild(meta);
+        state.el.insertBefore(meta, state.el.querySelector(".tools"));
       }
       live.delete(event.generation);
       if (live.size === 0) setBusy(false);
@@ -137,30 +231,112 @@
     };
   }
 
+  function startReply(before) {
+    const reply = bubble("assistant", "", before);
+    reply.classList.add("streaming");
+    setBusy(true);
+    return reply;
+  }
+
+  // A user bubble and a reply bubble waiting for "accepted"; on an error both go and
+  // restore() puts the page back as it was.
+  function startExchange(content, restore) {
+    const user = bubble("user", content);
+    const reply = startReply();
+    pending = {
+      reply: reply,
+      undo: function () {
+        user.remove();
+        reply.remove();
+        restore();
+      },
+    };
+  }
+
   $("composer").addEventListener("submit", function (e) {
     e.preventDefault();
     const content = input.value.trim();
-    if (!content || pending || live.size > 0) return;
-    if (!socket || socket.readyState !== WebSocket.OPEN) {
-      showError("Not connected yet; try again in a moment.");
-      return;
-    }
-    showError("");
-    bubble("user", content);
-    pending = bubble("assistant", "");
-    pending.classList.add("streaming");
-    setBusy(true);
-    const model = $("model").value;
-    send({
+    if (!content || !ready()) return;
+    startExchange(content, function () {
+      input.value = content;
+    });
+    send(Object.assign({
       type: "message",
       conversation: conversationId,
-      model: model ? Number(model) : null,
       content: content,
       system: $("system").value,
-      temperature: Number($("temperature").value),
-      max_tokens: Number($("max-tokens").value),
-    });
+    }, sampling()));
     input.value = "";
+  });
+
+  function regenerate(old) {
+    if (!ready()) return;
+    old.classList.add("hidden-while-pending");
+    const reply = startReply(old.nextSibling);
+    pending = {
+      reply: reply,
+      undo: function () {
+        reply.remove();
+        old.classList.remove("hidden-while-pending");
+      },
+    };
+    send(Object.assign({ type: "regenerate", message: Number(old.dataset.message) }, sampling()));
+  }
+
+  function openEditor(el) {
+    if (el.querySelector(".editor")) return;
+    const editor = document.createElement("div");
+    editor.className = "editor";
+    const area = document.createElement("textarea");
+    area.value = el.querySelector(".source").value;
+    const row = document.createElement("div");
+    row.className = "row";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "Cancel";
+    const save = document.createElement("button");
+    save.type = "button";
+    save.className = "primary";
+    save.textContent = "Send";
+    row.append(cancel, save);
+    editor.append(area, row);
+    el.querySelector(".body").hidden = true;
+    el.insertBefore(editor, el.querySelector(".tools"));
+    area.focus();
+    const close = function () {
+      editor.remove();
+      el.querySelector(".body").hidden = false;
+    };
+    cancel.addEventListener("click", close);
+    save.addEventListener("click", function () {
+      const content = area.value.trim();
+      if (!content || !ready()) return;
+      close();
+      // The edited message and everything after it make way for the new branch.
+      const hidden = [];
+      for (let node = el; node; node = node.nextElementSibling) {
+        node.classList.add("hidden-while-pending");
+        hidden.push(node);
+      }
+      startExchange(content, function () {
+        hidden.forEach((node) => node.classList.remove("hidden-while-pending"));
+      });
+      send(Object.assign({
+        type: "edit",
+        message: Number(el.dataset.message),
+        content: content,
+        system: $("system").value,
+      }, sampling()));
+    });
+  }
+
+  messages.addEventListener("click", function (e) {
+    const target = e.target;
+    if (!(target instanceof HTMLElement)) return;
+    const el = target.closest(".msg");
+    if (!el || !el.dataset.message) return;
+    if (target.classList.contains("regenerate")) regenerate(el);
+    else if (target.classList.contains("edit")) openEditor(el);
   });
 
   input.addEventListener("keydown", function (e) {

@@ -4,7 +4,9 @@ this run's own, tiny models built once, and factories for users and catalog entr
 from __future__ import annotations
 
 import atexit
+import json
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,6 +51,19 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from generation.tiny import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), family="llama")
+
+
+@pytest.fixture(scope="session")
+def endless_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model without an end-of-sequence token, so that every reply runs to its
+    length limit and streams in many pieces (a random model may otherwise stop at once)."""
+    folder = tmp_path_factory.mktemp("endless") / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    config_file = folder / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    config["eos_token_id"] = None
+    config_file.write_text(json.dumps(config))
+    return folder
 
 
 @pytest.fixture

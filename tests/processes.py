@@ -57,7 +57,8 @@ def celery_worker(
     env: dict[str, str], queues: list[str], log_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real worker process (solo pool) consuming `queues`; yields once it is ready."""
-    with open(log_path, "wb") as log:
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
         name = f"test-{os.getpid()}-{free_port()}@%h"
         command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
         command += ["--pool", "solo", "--loglevel", "INFO", "-Q", ",".join(queues), "-n", name]
@@ -65,7 +66,10 @@ def celery_worker(
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_for(
-                lambda: b" ready." in log_path.read_bytes(), process, log_path, "Celery worker"
+                lambda: b" ready." in log_path.read_bytes()[start:],
+                process,
+                log_path,
+                "Celery worker",
             )
             yield process
         finally:
@@ -73,10 +77,10 @@ def celery_worker(
 
 
 @contextmanager
-def web_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
+def web_server(env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[str]:
     """A real Daphne process serving the ASGI app; yields its base URL once it answers."""
-    port = free_port()
-    with open(log_path, "wb") as log:
+    port = port or free_port()
+    with open(log_path, "ab") as log:
         command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
         command.append("webapp.asgi:application")
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -109,3 +113,16 @@ def _wait_for(
             return
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not start within {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+def session_cookie(user: Any) -> str:
+    """A logged-in session for `user`, as a Cookie header value."""
+    from django.conf import settings
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session["_auth_user_id"] = str(user.pk)
+    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    session["_auth_user_hash"] = user.get_session_auth_hash()
+    session.create()
+    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"

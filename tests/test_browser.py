@@ -3,7 +3,6 @@ in, reload, and find the conversation still there."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,19 +40,6 @@ def site(test_db_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         web_server(env, logs / "web.log") as url,
     ):
         yield url
-
-
-@pytest.fixture(scope="module")
-def endless_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model without an end-of-sequence token, so that every reply runs to its
-    length limit and streams in many pieces (a random model may otherwise stop at once)."""
-    folder = tmp_path_factory.mktemp("endless") / "model"
-    shutil.copytree(tiny_llama_dir, folder)
-    config_file = folder / "generation_config.json"
-    config = json.loads(config_file.read_text())
-    config["eos_token_id"] = None
-    config_file.write_text(json.dumps(config))
-    return folder
 
 
 @pytest.fixture

@@ -48,15 +48,23 @@ async def start_chat(user: Any, **message: Any) -> tuple[WebsocketCommunicator, 
     return communicator, accepted
 
 
+async def receive_stream(communicator: WebsocketCommunicator, timeout: float) -> list[Any]:
+    """The stream's events up to done, leaving out the watcher's (queue, running)."""
+    events: list[Any] = []
+    while not events or events[-1]["type"] != "done":
+        event = await communicator.receive_json_from(timeout=timeout)
+        if "seq" in event:
+            events.append(event)
+    return events
+
+
 async def test_reply_streams_from_a_real_worker_process(
     alice: Any, worker_model: Any, worker: Path
 ) -> None:
     communicator, accepted = await start_chat(
         alice, content="Tell me a story", temperature=0.8, seed=7, max_tokens=24
     )
-    events = []
-    while not events or events[-1]["type"] != "done":
-        events.append(await communicator.receive_json_from(timeout=60))
+    events = await receive_stream(communicator, timeout=60)
     await communicator.disconnect()
 
     done = events[-1]
@@ -92,9 +100,7 @@ async def test_stop_ends_a_running_generation_promptly(
             first_token = event
         assert event["type"] != "done", event
     await communicator.send_json_to({"type": "stop", "generation": accepted["generation"]})
-    events = []
-    while not events or events[-1]["type"] != "done":
-        events.append(await communicator.receive_json_from(timeout=30))
+    events = await receive_stream(communicator, timeout=30)
     await communicator.disconnect()
     assert events[-1]["status"] == "stopped"
     generation = await Generation.objects.aget(pk=accepted["generation"])

@@ -143,6 +143,13 @@ ATELIER_STREAM_RETENTION_SECONDS = env_int("ATELIER_STREAM_RETENTION_SECONDS", 3
 ATELIER_STREAM_FLUSH_MS = env_int("ATELIER_STREAM_FLUSH_MS", 30)
 # Models a worker process keeps loaded at once.
 ATELIER_WORKER_MAX_MODELS = env_int("ATELIER_WORKER_MAX_MODELS", 2)
+# Replies one user may have queued or running at once (admins can raise it per group).
+ATELIER_MAX_CONCURRENT_GENERATIONS = env_int("ATELIER_MAX_CONCURRENT_GENERATIONS", 2)
+# A worker writes a heartbeat this often (seconds); one silent for WORKER_TIMEOUT seconds is
+# taken for dead, and the generation it was running is requeued once, then failed.
+ATELIER_WORKER_HEARTBEAT_SECONDS = env_int("ATELIER_WORKER_HEARTBEAT_SECONDS", 2)
+ATELIER_WORKER_TIMEOUT_SECONDS = env_int("ATELIER_WORKER_TIMEOUT_SECONDS", 10)
+ATELIER_GENERATION_MAX_ATTEMPTS = env_int("ATELIER_GENERATION_MAX_ATTEMPTS", 2)
 
 LOGGING = {
     "version": 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import django
 
@@ -10,6 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 django.setup()
 
 from celery import Celery  # noqa: E402
+from celery.signals import worker_ready, worker_shutdown  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from webapp.celery_config import celery_config  # noqa: E402
@@ -17,3 +19,26 @@ from webapp.celery_config import celery_config  # noqa: E402
 app = Celery("atelier")
 app.conf.update(celery_config(settings.REDIS_URL))
 app.conf.update(include=["workers.tasks"])
+
+if TYPE_CHECKING:
+    from workers.heartbeat import Heartbeat
+
+_heartbeat: Heartbeat | None = None
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
+    """The worker is consuming: start saying so (see workers/heartbeat.py)."""
+    from workers.heartbeat import Heartbeat
+
+    queues = sender.app.amqp.queues
+    names = sorted(queues.consume_from or queues)
+    global _heartbeat
+    _heartbeat = Heartbeat(names)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**kwargs: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()

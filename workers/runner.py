@@ -12,17 +12,21 @@ from webapp.catalog import services as catalog
 from webapp.inference import services, streams
 from webapp.inference.events import Usage
 from webapp.inference.models import Generation, Status
-from workers import model_cache
+from workers import heartbeat, model_cache
 
 log = logging.getLogger(__name__)
 
 
-def run_generation(generation_id: int) -> None:
-    generation = services.claim(generation_id)
+def run_next(queue: str) -> int | None:
+    """Run the next generation of the queue, in fair order. Returns its id (None when
+    nothing was queued: a wake-up message can outnumber the generations)."""
+    generation = services.claim_next(queue, worker=heartbeat.WORKER_NAME)
     if generation is None:
-        log.info("generation %s: nothing to run (unknown or already finished)", generation_id)
-        return
+        log.info("queue %s: nothing to run", queue)
+        return None
+    generation_id = generation.pk
     writer = streams.StreamWriter(generation_id)
+    heartbeat.current_generation = generation_id
     try:
         _run(generation, writer)
     except Exception as exc:
@@ -31,13 +35,21 @@ def run_generation(generation_id: int) -> None:
         log.exception("generation %s failed", generation_id)
         message = f"generation failed: {type(exc).__name__}: {exc}"
         _fail(writer, generation_id, message, partial=writer.text)
+    finally:
+        heartbeat.current_generation = None
+    return generation_id
 
 
 def _run(generation: Generation, writer: streams.StreamWriter) -> None:
     generation_id = generation.pk
-    writer.reset()  # a redelivered generation starts its stream over
+    writer.resume()  # a generation run again after its worker died appends to its stream
     if streams.stop_requested(generation_id):
-        services.finish(generation_id, status=Status.STOPPED, finish_reason="stopped")
+        services.finish(
+            generation_id,
+            status=Status.STOPPED,
+            finish_reason="stopped",
+            worker=heartbeat.WORKER_NAME,
+        )
         writer.done(Status.STOPPED, finish_reason="stopped")
         return
     writer.status(Status.RUNNING)
@@ -91,14 +103,18 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
     stats = stream.stats
     status = Status.STOPPED if stats.finish_reason == "stopped" else Status.DONE
     writer.flush()
-    services.finish(
+    recorded = services.finish(
         generation_id,
         status=status,
         output=writer.text,
         finish_reason=stats.finish_reason,
         prompt_tokens=stats.prompt_tokens,
         completion_tokens=stats.completion_tokens,
+        worker=heartbeat.WORKER_NAME,
     )
+    if not recorded:  # taken for dead and requeued meanwhile: the new run owns the stream
+        log.warning("generation %s: finished after it was requeued; dropped", generation_id)
+        return
     writer.done(
         status,
         finish_reason=stats.finish_reason,
@@ -109,15 +125,21 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
 def _fail(
     writer: streams.StreamWriter, generation_id: int, message: str, partial: str = ""
 ) -> None:
+    worker = heartbeat.WORKER_NAME
     try:
-        services.finish(
+        recorded = services.finish(
             generation_id,
             status=Status.FAILED,
             error=message,
             output=partial,
             finish_reason="error",
+            worker=worker,
         )
     except Exception:  # e.g. the partial text itself was refused: keep the verdict at least
         log.exception("generation %s: could not store the partial text", generation_id)
-        services.finish(generation_id, status=Status.FAILED, error=message, finish_reason="error")
+        recorded = services.finish(
+            generation_id, status=Status.FAILED, error=message, finish_reason="error", worker=worker
+        )
+    if not recorded:
+        return
     writer.done(Status.FAILED, finish_reason="error", error=message)

@@ -1,11 +1,12 @@
-"""Celery tasks. Payloads are JSON: ids only; the database row holds the rest."""
+"""Celery tasks. Payloads are JSON and name no generation: a message wakes one worker of
+a queue, which takes the next generation in fair order from the database."""
 
 from __future__ import annotations
 
 from workers.celery_app import app
-from workers.runner import run_generation as _run_generation
+from workers.runner import run_next as _run_next
 
 
-@app.task(name="workers.tasks.run_generation")
-def run_generation(generation_id: int) -> None:
-    _run_generation(generation_id)
+@app.task(name="workers.tasks.run_next")
+def run_next(queue: str) -> None:
+    _run_next(queue)

@@ -12,11 +12,12 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import connections
 
+from tests.conftest import DIRECT_QUEUE
 from webapp.asgi import application
 from webapp.chat.consumers import ChatConsumer
 from webapp.chat.models import Conversation, Message
 from webapp.inference.models import Generation, Status
-from workers.runner import run_generation
+from workers.runner import run_next
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -32,12 +33,18 @@ async def connect(user: Any) -> WebsocketCommunicator:
     return communicator
 
 
+WATCH_EVENTS = {"queue", "running", "worker_lost"}  # outside the stream (no seq)
+
+
 async def receive_until_done(
-    communicator: WebsocketCommunicator, timeout: float = 30
+    communicator: WebsocketCommunicator, timeout: float = 30, *, watch: bool = False
 ) -> list[dict[str, Any]]:
+    """The events up to done (or an error); the watcher's events only when watch=True."""
     events = []
     while True:
         event = await communicator.receive_json_from(timeout=timeout)
+        if event["type"] in WATCH_EVENTS and not watch:
+            continue
         events.append(event)
         if event["type"] in ("done", "error"):
             return events
@@ -52,15 +59,18 @@ async def send_message(communicator: WebsocketCommunicator, **fields: Any) -> di
     return accepted
 
 
-def _run_and_close(generation_id: int) -> None:
+def _run_and_close() -> int | None:
     try:
-        run_generation(generation_id)
+        return run_next(DIRECT_QUEUE)
     finally:
         connections.close_all()
 
 
-async def run_worker(generation_id: int) -> None:
-    await sync_to_async(_run_and_close, thread_sensitive=False)(generation_id)
+async def run_worker(generation_id: int | None) -> None:
+    """Run the worker's task body once, as a woken worker would; it must take generation_id
+    (None: find nothing to run)."""
+    ran = await sync_to_async(_run_and_close, thread_sensitive=False)()
+    assert ran == generation_id
 
 
 async def test_message_streams_a_reply_that_is_stored(alice: Any, chat_model: Any) -> None:
@@ -111,7 +121,7 @@ async def test_stop_before_a_worker_starts_ends_the_stream(alice: Any, chat_mode
     await communicator.send_json_to({"type": "stop", "generation": accepted["generation"]})
     events = await receive_until_done(communicator)
     assert events[-1]["status"] == "stopped"
-    await run_worker(accepted["generation"])  # the queued task arrives later: nothing to run
+    await run_worker(None)  # the wake-up message arrives later: nothing to run
     generation = await Generation.objects.aget(pk=accepted["generation"])
     assert generation.status == Status.STOPPED and generation.output == ""
     await communicator.disconnect()
@@ -236,4 +246,51 @@ async def test_a_finished_reply_whose_stream_expired_is_sent_from_the_database(
     done = await communicator.receive_json_from(timeout=2)  # at once, not after a block
     assert done["type"] == "done" and done["status"] == "done"
     assert done["text"] == first[-1]["text"] and done["html"] == first[-1]["html"]
+    await communicator.disconnect()
+
+
+async def test_regenerate_and_edit_over_the_socket_report_branches(
+    alice: Any, chat_model: Any
+) -> None:
+    communicator = await connect(alice)
+    first = await send_message(communicator, temperature=0)
+    await run_worker(first["generation"])
+    await receive_until_done(communicator)
+    await communicator.send_json_to(
+        {"type": "regenerate", "message": first["assistant_message"], "max_tokens": 6}
+    )
+    again = await communicator.receive_json_from(timeout=10)
+    assert again["type"] == "accepted" and again["kind"] == "regenerate"
+    assert again["user_message"] == first["user_message"]
+    place = again["branches"][str(again["assistant_message"])]
+    assert (place["index"], place["count"], place["previous"]) == (
+        2,
+        2,
+        first["assistant_message"],
+    )
+    await run_worker(again["generation"])
+    assert (await receive_until_done(communicator))[-1]["status"] == "done"
+    await communicator.send_json_to(
+        {"type": "edit", "message": first["user_message"], "content": "Hi, edited"}
+    )
+    edited = await communicator.receive_json_from(timeout=10)
+    assert edited["kind"] == "edit" and edited["user_message"] != first["user_message"]
+    assert edited["branches"][str(edited["user_message"])]["count"] == 2
+    assert edited["branches"][str(edited["assistant_message"])]["count"] == 1
+    await run_worker(edited["generation"])
+    await receive_until_done(communicator)
+    await communicator.disconnect()
+
+
+async def test_a_waiting_client_is_told_that_no_worker_serves_the_model(
+    alice: Any, chat_model: Any
+) -> None:
+    communicator = await connect(alice)
+    accepted = await send_message(communicator)
+    event = await communicator.receive_json_from(timeout=10)
+    assert event["type"] == "queue" and event["generation"] == accepted["generation"]
+    assert event["position"] == 1 and event["workers"] == 0
+    assert "No worker is serving tiny-llama" in event["message"]
+    await communicator.send_json_to({"type": "stop", "generation": accepted["generation"]})
+    assert (await receive_until_done(communicator))[-1]["status"] == "stopped"
     await communicator.disconnect()

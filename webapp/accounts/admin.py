@@ -1,10 +1,12 @@
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from webapp.accounts import services
-from webapp.accounts.models import User
+from webapp.accounts.models import GroupLimits, User
 
 
 @admin.register(User)
@@ -18,3 +20,18 @@ class UserAdmin(BaseUserAdmin):
     def approve_users(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         count = services.approve(list(queryset))
         self.message_user(request, f"Approved {count} user(s).", messages.SUCCESS)
+
+
+class GroupLimitsInline(admin.StackedInline[GroupLimits, Group]):
+    model = GroupLimits
+    can_delete = True
+    extra = 0
+    max_num = 1
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin):
+    inlines = [GroupLimitsInline]

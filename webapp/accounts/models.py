@@ -41,3 +41,21 @@ class User(AbstractUser):
                 "You can look around, but you cannot generate anything until then."
             )
         return ""
+
+
+class GroupLimits(models.Model):
+    """Per-group limits set by admins; a user gets the most generous of their groups'."""
+
+    group = models.OneToOneField(
+        "auth.Group", on_delete=models.CASCADE, related_name="atelier_limits"
+    )
+    max_concurrent_generations = models.PositiveSmallIntegerField(
+        help_text="Replies a member may have queued or running at once."
+    )
+
+    class Meta:
+        verbose_name = "group limits"
+        verbose_name_plural = "group limits"
+
+    def __str__(self) -> str:
+        return f"limits of {self.group}"

@@ -13,7 +13,9 @@ from webapp.accounts.models import User
 from webapp.catalog.services import ModelNotAvailable
 from webapp.chat import services
 from webapp.chat.protocol import (
+    Edit,
     ProtocolError,
+    Regenerate,
     SendMessage,
     Stop,
     Subscribe,
@@ -21,14 +23,15 @@ from webapp.chat.protocol import (
     parse_frame,
 )
 from webapp.chat.rendering import render_markdown
+from webapp.inference import liveness, streams
 from webapp.inference import services as inference
-from webapp.inference import streams
 from webapp.inference.events import DoneEvent, Usage
-from webapp.inference.models import Generation
+from webapp.inference.models import Generation, Status
 
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
+WATCH_SECONDS = 1.0  # how often a waiting client is told its place in the queue
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -57,6 +60,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             message = parse_client_message(parse_frame(text_data, bytes_data))
             if isinstance(message, SendMessage):
                 await self.handle_send(message)
+            elif isinstance(message, Regenerate):
+                await self.handle_regenerate(message)
+            elif isinstance(message, Edit):
+                await self.handle_edit(message)
             elif isinstance(message, Subscribe):
                 await self.handle_subscribe(message)
             elif isinstance(message, Stop):
@@ -65,6 +72,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error(exc.code, exc.message)
         except services.NotAllowed as exc:
             await self.send_error("not_allowed", str(exc))
+        except inference.LimitReached as exc:
+            await self.send_error("limit_reached", str(exc))
+        except services.BadRequest as exc:
+            await self.send_error("bad_request", str(exc))
         except (services.NotFound, ModelNotAvailable) as exc:
             await self.send_error("not_found", str(exc))
         except Exception:
@@ -85,17 +96,47 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             system=message.system,
             params=message.params,
         )
+        await self.accepted("message", posted)
+
+    async def handle_regenerate(self, message: Regenerate) -> None:
+        posted = await database_sync_to_async(services.regenerate)(
+            self.user, message_id=message.message, model_id=message.model, params=message.params
+        )
+        await self.accepted("regenerate", posted)
+
+    async def handle_edit(self, message: Edit) -> None:
+        posted = await database_sync_to_async(services.edit)(
+            self.user,
+            message_id=message.message,
+            content=message.content,
+            model_id=message.model,
+            system=message.system,
+            params=message.params,
+        )
+        await self.accepted("edit", posted)
+
+    async def accepted(self, kind: str, posted: services.Posted) -> None:
+        """Tell the client what was stored (with the new messages' places among their
+        siblings, for the "2 of 3" controls) and start relaying the reply."""
         generation_id = posted.assistant_message.generation_id
         assert generation_id is not None
+
+        def places() -> dict[str, dict[str, int | None]]:
+            path = [posted.user_message, posted.assistant_message]
+            found = services.branches(posted.conversation, path)
+            return {str(pk): branch.__dict__ for pk, branch in found.items()}
+
         await self.send_json(
             {
                 "type": "accepted",
+                "kind": kind,
                 "conversation": posted.conversation.pk,
                 "title": posted.conversation.title,
                 "created_conversation": posted.created_conversation,
                 "user_message": posted.user_message.pk,
                 "assistant_message": posted.assistant_message.pk,
                 "generation": generation_id,
+                "branches": await database_sync_to_async(places)(),
             }
         )
         self.start_relay(generation_id, after=0)
@@ -124,7 +165,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def relay(self, generation_id: int, after: int) -> None:
         """Send the generation's events after `after` to the client, then live ones,
-        ending with its done event (rendered to HTML here, in the web process)."""
+        ending with its done event (rendered to HTML here, in the web process). While
+        it waits in the queue, a watcher tells the client its place."""
+        watcher = asyncio.create_task(self.watch(generation_id))
         try:
             if await self.answered_from_database(generation_id):
                 return
@@ -148,8 +191,33 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "stream_error", "The reply's stream was interrupted; reload to see it."
             )
         finally:
+            watcher.cancel()
             if self.relays.get(generation_id) is asyncio.current_task():
                 del self.relays[generation_id]
+
+    async def watch(self, generation_id: int) -> None:
+        """Events that are not part of the stream: `queue` (position, workers, estimated
+        wait) while the generation is queued, and `worker_lost` when the worker running it
+        stopped beating (another worker will requeue it; see workers/heartbeat.py)."""
+        last: dict[str, Any] | None = None
+        warned_worker = ""
+        try:
+            while True:
+                event = await database_sync_to_async(_watch_event)(generation_id)
+                if event is None:
+                    return
+                if event["type"] == "worker_lost":
+                    if event["worker"] != warned_worker:
+                        warned_worker = event["worker"]
+                        await self.send_json(event)
+                elif event != last:
+                    await self.send_json(event)
+                last = event
+                await asyncio.sleep(WATCH_SECONDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the watcher is a courtesy; the relay carries on without it
+            log.exception("queue watcher of generation %s failed", generation_id)
 
     async def answered_from_database(self, generation_id: int) -> bool:
         """A finished generation whose stream has expired from Redis: send its done event
@@ -180,3 +248,42 @@ def _done_from_database(generation: Generation) -> DoneEvent:
         ),
     )
     return _with_text(event, generation.output)
+
+
+def _watch_event(generation_id: int) -> dict[str, Any] | None:
+    """The watcher's event now, or None when there is nothing more to watch."""
+    generation = Generation.objects.filter(pk=generation_id).first()
+    if generation is None or generation.is_finished:
+        return None
+    if generation.status == Status.RUNNING:
+        if generation.worker in {w.name for w in liveness.live_workers()}:
+            return {"type": "running", "generation": generation_id}
+        return {
+            "type": "worker_lost",
+            "generation": generation_id,
+            "worker": generation.worker,
+            "message": "The worker running this reply stopped responding; "
+            "it will be retried as soon as a worker is available.",
+        }
+    info = inference.queue_info(generation)
+    if info is None:
+        return {"type": "running", "generation": generation_id}
+    if info.workers == 0:
+        message = (
+            f"No worker is serving {generation.model_name} right now; "
+            "your request will start when one is."
+        )
+    elif info.position == 1 and info.running < info.workers:
+        message = "Starting…"
+    else:
+        wait = f" (about {round(info.eta_seconds)} s)" if info.eta_seconds is not None else ""
+        message = f"Waiting in the queue: position {info.position}{wait}."
+    return {
+        "type": "queue",
+        "generation": generation_id,
+        "position": info.position,
+        "running": info.running,
+        "workers": info.workers,
+        "eta_seconds": info.eta_seconds,
+        "message": message,
+    }

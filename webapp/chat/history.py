@@ -141,4 +141,6 @@ def import_json(user: User, raw: bytes) -> Conversation:
             parent = Message.objects.create(
                 conversation=conversation, parent=parent, role=role, content=content
             )
+        conversation.current_leaf = parent
+        conversation.save(update_fields=["current_leaf"])
     return conversation

@@ -16,6 +16,14 @@ class Conversation(models.Model):
         "catalog.ModelEntry", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     system_prompt = models.TextField(blank=True)
+    current_leaf = models.ForeignKey(
+        "Message",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The last message of the branch shown (regenerate and edit create branches).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 

@@ -29,6 +29,22 @@ class SendMessage:
 
 
 @dataclass(frozen=True)
+class Regenerate:
+    message: int  # the assistant message to put a sibling beside
+    model: int | None
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Edit:
+    message: int  # the user message to put a new version beside
+    content: str
+    model: int | None
+    system: str | None
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
 class Subscribe:
     generation: int
     after: int
@@ -39,7 +55,7 @@ class Stop:
     generation: int
 
 
-ClientMessage = SendMessage | Subscribe | Stop
+ClientMessage = SendMessage | Regenerate | Edit | Subscribe | Stop
 
 
 def parse_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
@@ -76,19 +92,11 @@ def _number(value: Any, field: str, default: float) -> float:
     return float(value)
 
 
+PARAMS = {"model", "temperature", "top_p", "max_tokens", "seed", "stop"}
 FIELDS = {
-    "message": {
-        "type",
-        "content",
-        "conversation",
-        "model",
-        "system",
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "seed",
-        "stop",
-    },
+    "message": {"type", "content", "conversation", "system", *PARAMS},
+    "regenerate": {"type", "message", *PARAMS},
+    "edit": {"type", "message", "content", "system", *PARAMS},
     "subscribe": {"type", "generation", "after"},
     "stop": {"type", "generation"},
 }
@@ -103,6 +111,20 @@ def parse_client_message(frame: dict[str, Any]) -> ClientMessage:
         )
     if kind == "message":
         return _parse_send(frame)
+    if kind == "regenerate":
+        return Regenerate(
+            message=_id(frame.get("message"), "message") or 0,
+            model=_id(frame.get("model"), "model", optional=True),
+            params=_parse_params(frame),
+        )
+    if kind == "edit":
+        return Edit(
+            message=_id(frame.get("message"), "message") or 0,
+            content=_parse_content(frame),
+            model=_id(frame.get("model"), "model", optional=True),
+            system=_parse_system(frame),
+            params=_parse_params(frame),
+        )
     if kind == "subscribe":
         after = frame.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
@@ -111,11 +133,12 @@ def parse_client_message(frame: dict[str, Any]) -> ClientMessage:
     if kind == "stop":
         return Stop(generation=_id(frame.get("generation"), "generation") or 0)
     raise ProtocolError(
-        "unknown_type", f"Unknown message type {kind!r}; expected message, subscribe or stop."
+        "unknown_type",
+        f"Unknown message type {kind!r}; expected one of: {', '.join(sorted(FIELDS))}.",
     )
 
 
-def _parse_send(frame: dict[str, Any]) -> SendMessage:
+def _parse_content(frame: dict[str, Any]) -> str:
     content = frame.get("content")
     if not isinstance(content, str) or not content.strip():
         raise ProtocolError("bad_field", "'content' must be non-empty text.")
@@ -127,6 +150,10 @@ def _parse_send(frame: dict[str, Any]) -> SendMessage:
             f"The message is {len(content)} characters; "
             f"the limit is {settings.ATELIER_MAX_MESSAGE_CHARS}.",
         )
+    return content
+
+
+def _parse_system(frame: dict[str, Any]) -> str | None:
     system = frame.get("system")
     if system is not None and (not isinstance(system, str) or "\x00" in system):
         raise ProtocolError("bad_field", "'system' must be text without NUL characters.")
@@ -136,6 +163,10 @@ def _parse_send(frame: dict[str, Any]) -> SendMessage:
             "The system prompt is limited to "
             f"{settings.ATELIER_MAX_SYSTEM_PROMPT_CHARS} characters.",
         )
+    return system
+
+
+def _parse_params(frame: dict[str, Any]) -> SamplingParams:
     max_tokens = frame.get("max_tokens", settings.ATELIER_DEFAULT_MAX_TOKENS)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
         raise ProtocolError("bad_field", "'max_tokens' must be an integer.")
@@ -148,7 +179,7 @@ def _parse_send(frame: dict[str, Any]) -> SendMessage:
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise ProtocolError("bad_field", "'stop' must be a list of strings.")
     try:
-        params = SamplingParams(
+        return SamplingParams(
             temperature=_number(frame.get("temperature"), "temperature", 0.7),
             top_p=_number(frame.get("top_p"), "top_p", 0.95),
             max_new_tokens=max_tokens,
@@ -159,10 +190,13 @@ def _parse_send(frame: dict[str, Any]) -> SendMessage:
         raise ProtocolError(
             "out_of_range", f"{exc} (max_tokens at most {MAX_NEW_TOKENS_LIMIT})."
         ) from None
+
+
+def _parse_send(frame: dict[str, Any]) -> SendMessage:
     return SendMessage(
-        content=content,
+        content=_parse_content(frame),
         conversation=_id(frame.get("conversation"), "conversation", optional=True),
         model=_id(frame.get("model"), "model", optional=True),
-        system=system,
-        params=params,
+        system=_parse_system(frame),
+        params=_parse_params(frame),
     )

@@ -1,4 +1,9 @@
-"""Chat actions: post a message (and start the reply), read a user's conversations."""
+"""Chat actions: post a message, regenerate a reply, edit a message (both branch the
+conversation), move between branches, and read a user's conversations.
+
+Messages form a tree. A conversation shows one path through it, from the root to its
+`current_leaf`; every action that starts a reply moves `current_leaf` to that reply.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from django.db.models import QuerySet
 from generation.prompts import ChatTurn
 from generation.specs import SamplingParams, Task
 from webapp.accounts.models import User
+from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_model
 from webapp.chat.models import Conversation, Message, Role
 from webapp.inference import services as inference
@@ -23,12 +29,26 @@ class NotFound(Exception):
     """No such object for this user (another user's ids look exactly like missing ones)."""
 
 
+class BadRequest(Exception):
+    """The request names real objects but cannot be done (e.g. regenerate a user message)."""
+
+
 @dataclass(frozen=True)
 class Posted:
     conversation: Conversation
     user_message: Message
     assistant_message: Message
     created_conversation: bool
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Where a message sits among its siblings (same parent, same role): index is 1-based."""
+
+    index: int
+    count: int
+    previous: int | None
+    next: int | None
 
 
 def conversations_for(user: User) -> QuerySet[Conversation]:
@@ -42,23 +62,122 @@ def conversation_for(user: User, conversation_id: int) -> Conversation:
     return conversation
 
 
-def visible_path(conversation: Conversation) -> list[Message]:
-    """The messages shown: from the newest message back to the root, oldest first."""
-    messages = {m.pk: m for m in conversation.messages.select_related("generation")}
-    if not messages:
-        return []
-    newest = max(messages.values(), key=lambda m: (m.created_at, m.pk))
+def message_for(user: User, message_id: int) -> Message:
+    """The message if it is in one of the user's conversations; NotFound otherwise."""
+    message = (
+        Message.objects.select_related("conversation", "generation")
+        .filter(pk=message_id, conversation__user=user)
+        .first()
+    )
+    if message is None:
+        raise NotFound("No such message.")
+    return message
+
+
+def _path_to(messages: dict[int, Message], leaf: Message) -> list[Message]:
     path: list[Message] = []
-    node: Message | None = newest
+    node: Message | None = leaf
     while node is not None:
         path.append(node)
         node = messages.get(node.parent_id) if node.parent_id else None
     return list(reversed(path))
 
 
+def visible_path(conversation: Conversation) -> list[Message]:
+    """The messages shown, oldest first: the path from the root to the current leaf
+    (the newest message when no leaf has been chosen)."""
+    messages = {m.pk: m for m in conversation.messages.select_related("generation")}
+    if not messages:
+        return []
+    leaf = messages.get(conversation.current_leaf_id or 0) or max(
+        messages.values(), key=lambda m: (m.created_at, m.pk)
+    )
+    return _path_to(messages, leaf)
+
+
+def branches(conversation: Conversation, path: list[Message]) -> dict[int, Branch]:
+    """For each message on the path, its place among its siblings."""
+    siblings: dict[tuple[int | None, str], list[int]] = {}
+    for pk, parent_id, role in conversation.messages.order_by("created_at", "pk").values_list(
+        "pk", "parent_id", "role"
+    ):
+        siblings.setdefault((parent_id, role), []).append(pk)
+    result = {}
+    for message in path:
+        ids = siblings.get((message.parent_id, message.role), [message.pk])
+        at = ids.index(message.pk)
+        result[message.pk] = Branch(
+            index=at + 1,
+            count=len(ids),
+            previous=ids[at - 1] if at > 0 else None,
+            next=ids[at + 1] if at + 1 < len(ids) else None,
+        )
+    return result
+
+
+def select_branch(user: User, message_id: int) -> Conversation:
+    """Show the branch through this message: its newest descendants down to a leaf."""
+    message = message_for(user, message_id)
+    conversation = message.conversation
+    children: dict[int, list[Message]] = {}
+    for m in conversation.messages.order_by("created_at", "pk"):
+        if m.parent_id is not None:
+            children.setdefault(m.parent_id, []).append(m)
+    leaf = message
+    while children.get(leaf.pk):
+        leaf = children[leaf.pk][-1]
+    conversation.current_leaf = leaf
+    conversation.save(update_fields=["current_leaf"])
+    return conversation
+
+
 def _title_from(content: str) -> str:
     line = " ".join(content.split())
     return line[:60] + ("…" if len(line) > 60 else "")
+
+
+def _start_reply(
+    user: User,
+    conversation: Conversation,
+    user_message: Message,
+    model: ModelEntry,
+    params: SamplingParams,
+) -> Message:
+    """Queue the assistant's reply to user_message (the history is the path to it) and
+    make that reply the conversation's current leaf. Runs inside the caller's transaction."""
+    messages = {m.pk: m for m in conversation.messages.select_related("generation")}
+    turns: list[ChatTurn] = [
+        {"role": m.role, "content": m.text}
+        for m in _path_to(messages, user_message)
+        if m.text or m.role == Role.USER
+    ]
+    generation = inference.create_generation(
+        user=user,
+        model=model,
+        task=Task.CHAT,
+        input={"system": conversation.system_prompt, "messages": turns},
+        params=params.to_dict(),
+    )
+    reply = Message.objects.create(
+        conversation=conversation, parent=user_message, role=Role.ASSISTANT, generation=generation
+    )
+    conversation.current_leaf = reply
+    conversation.model = model
+    conversation.save(update_fields=["current_leaf", "model", "system_prompt", "updated_at"])
+    return reply
+
+
+def _locked_conversation(user: User, conversation_id: int) -> Conversation:
+    found = Conversation.objects.select_for_update().filter(user=user, pk=conversation_id).first()
+    if found is None:
+        raise NotFound("No such conversation.")
+    return found
+
+
+def _check_can_generate(user: User) -> None:
+    if not user.can_generate:
+        raise NotAllowed(user.why_cannot_generate)
+    inference.check_concurrency(user)
 
 
 def post_message(
@@ -70,9 +189,8 @@ def post_message(
     system: str | None,
     params: SamplingParams,
 ) -> Posted:
-    """Store the user's message and queue the assistant's reply as a Generation."""
-    if not user.can_generate:
-        raise NotAllowed(user.why_cannot_generate)
+    """Store the user's message after the visible branch and queue the assistant's reply."""
+    _check_can_generate(user)
     model = usable_model(user, Task.CHAT, model_id)
     with transaction.atomic():
         created = conversation_id is None
@@ -81,38 +199,58 @@ def post_message(
                 user=user, title=_title_from(content), model=model, system_prompt=system or ""
             )
         else:
-            found = (
-                Conversation.objects.select_for_update()
-                .filter(user=user, pk=conversation_id)
-                .first()
-            )
-            if found is None:
-                raise NotFound("No such conversation.")
-            conversation = found
+            conversation = _locked_conversation(user, conversation_id)
             if system is not None:
                 conversation.system_prompt = system
-            conversation.model = model
-            conversation.save(update_fields=["system_prompt", "model", "updated_at"])
         history = visible_path(conversation)
-        parent = history[-1] if history else None
         user_message = Message.objects.create(
-            conversation=conversation, parent=parent, role=Role.USER, content=content
-        )
-        turns: list[ChatTurn] = [
-            {"role": m.role, "content": m.text} for m in history if m.text or m.role == Role.USER
-        ]
-        turns.append({"role": "user", "content": content})
-        generation = inference.create_generation(
-            user=user,
-            model=model,
-            task=Task.CHAT,
-            input={"system": conversation.system_prompt, "messages": turns},
-            params=params.to_dict(),
-        )
-        assistant_message = Message.objects.create(
             conversation=conversation,
-            parent=user_message,
-            role=Role.ASSISTANT,
-            generation=generation,
+            parent=history[-1] if history else None,
+            role=Role.USER,
+            content=content,
         )
-    return Posted(conversation, user_message, assistant_message, created)
+        reply = _start_reply(user, conversation, user_message, model, params)
+    return Posted(conversation, user_message, reply, created)
+
+
+def regenerate(
+    user: User, *, message_id: int, model_id: int | None, params: SamplingParams
+) -> Posted:
+    """A new reply beside an assistant message (a sibling), from the same history."""
+    _check_can_generate(user)
+    model = usable_model(user, Task.CHAT, model_id)
+    with transaction.atomic():
+        message = message_for(user, message_id)
+        if message.role != Role.ASSISTANT or message.parent_id is None:
+            raise BadRequest("Only a reply to a message can be regenerated.")
+        conversation = _locked_conversation(user, message.conversation_id)
+        user_message = Message.objects.get(pk=message.parent_id)
+        reply = _start_reply(user, conversation, user_message, model, params)
+    return Posted(conversation, user_message, reply, False)
+
+
+def edit(
+    user: User,
+    *,
+    message_id: int,
+    content: str,
+    model_id: int | None,
+    system: str | None,
+    params: SamplingParams,
+) -> Posted:
+    """A new version of a user message (a sibling of it: a new branch) and a reply to it.
+    The original message and everything after it stay, one branch away."""
+    _check_can_generate(user)
+    model = usable_model(user, Task.CHAT, model_id)
+    with transaction.atomic():
+        message = message_for(user, message_id)
+        if message.role != Role.USER:
+            raise BadRequest("Only your own messages can be edited.")
+        conversation = _locked_conversation(user, message.conversation_id)
+        if system is not None:
+            conversation.system_prompt = system
+        edited = Message.objects.create(
+            conversation=conversation, parent=message.parent, role=Role.USER, content=content
+        )
+        reply = _start_reply(user, conversation, edited, model, params)
+    return Posted(conversation, edited, reply, False)

@@ -8,6 +8,7 @@ urlpatterns = [
     path("<int:conversation_id>/", views.conversation, name="conversation"),
     path("<int:conversation_id>/rename/", views.rename, name="rename"),
     path("<int:conversation_id>/delete/", views.delete, name="delete"),
+    path("<int:conversation_id>/select/", views.select, name="select"),
     re_path(
         r"^(?P<conversation_id>[0-9]+)/export\.(?P<kind>md|json)$", views.export, name="export"
     ),

@@ -16,11 +16,13 @@ def _page(request: HttpRequest, conversation: services.Conversation | None) -> H
     user = request.user
     assert isinstance(user, User)
     messages = services.visible_path(conversation) if conversation else []
+    branches = services.branches(conversation, messages) if conversation else {}
     shown = [
         {
             "message": m,
             "html": render_markdown(m.text) if m.role == "assistant" else "",
             "generation": m.generation,
+            "branch": branches.get(m.pk),
         }
         for m in messages
     ]
@@ -71,6 +73,24 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
         history.rename(found, request.POST.get("title", ""))
     except history.HistoryError as exc:
         flash.error(request, str(exc))
+    return redirect("chat:conversation", found.pk)
+
+
+@login_required
+@require_POST
+def select(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """Show another version of a message (the previous/next controls): its branch is shown."""
+    found = _own_conversation(request, conversation_id)
+    user = request.user
+    assert isinstance(user, User)
+    raw = request.POST.get("message", "")
+    try:
+        message = services.message_for(user, int(raw))
+    except (ValueError, services.NotFound):
+        raise Http404("No such message.") from None
+    if message.conversation_id != found.pk:
+        raise Http404("No such message.")
+    services.select_branch(user, message.pk)
     return redirect("chat:conversation", found.pk)
 
 

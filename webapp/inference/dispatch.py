@@ -1,7 +1,9 @@
-"""The one place the web app talks to the Celery broker: sending tasks by name.
+"""The one place the web app talks to the Celery broker.
 
 The web process does not import the worker code (which loads torch models); it sends
-tasks by name through a producer-only Celery app with the same configuration.
+tasks by name through a producer-only Celery app with the same configuration. A message
+does not name a generation: it wakes one worker of the queue, which then takes the next
+generation in fair order (webapp.inference.services.fair_order).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from celery import Celery
 from django.conf import settings
 
 from webapp.celery_config import celery_config
+from webapp.inference.streams import sync_redis
 
-RUN_GENERATION = "workers.tasks.run_generation"
+RUN_NEXT = "workers.tasks.run_next"
 
 
 @cache
@@ -23,5 +26,11 @@ def producer() -> Celery:
     return app
 
 
-def send_generation(generation_id: int, queue: str) -> None:
-    producer().send_task(RUN_GENERATION, args=[generation_id], queue=queue)
+def wake_worker(queue: str) -> None:
+    producer().send_task(RUN_NEXT, args=[queue], queue=queue)
+
+
+def waiting_messages(queue: str) -> int:
+    """Messages waiting in the broker's list for this queue (the Redis transport keeps
+    a queue as a list named after it)."""
+    return int(sync_redis().llen(queue))

@@ -18,6 +18,13 @@ class Status(models.TextChoices):
 FINISHED = (Status.DONE, Status.STOPPED, Status.FAILED, Status.BLOCKED)
 
 
+class Priority(models.IntegerChoices):
+    """Lower runs first: a user waiting for a reply goes before background work."""
+
+    INTERACTIVE = 0
+    BACKGROUND = 10
+
+
 class Generation(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations"
@@ -27,6 +34,12 @@ class Generation(models.Model):
     )
     model_name = models.CharField(max_length=100)  # kept when the catalog entry goes
     task = models.CharField(max_length=20)
+    queue = models.CharField(max_length=100, default="inference")  # the model's, when queued
+    priority = models.PositiveSmallIntegerField(
+        choices=Priority.choices, default=Priority.INTERACTIVE
+    )
+    worker = models.CharField(max_length=200, blank=True, help_text="Who is running it.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker claimed it.")
     input = models.JSONField(help_text="What the model is given, e.g. system prompt and messages.")
     params = models.JSONField(default=dict, help_text="Sampling parameters.")
     output = models.TextField(blank=True)
@@ -44,7 +57,10 @@ class Generation(models.Model):
 
     class Meta:
         ordering = ["-queued_at"]
-        indexes = [models.Index(fields=["user", "-queued_at"])]
+        indexes = [
+            models.Index(fields=["user", "-queued_at"]),
+            models.Index(fields=["queue", "status"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task} #{self.pk} ({self.status})"

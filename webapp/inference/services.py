@@ -1,27 +1,67 @@
-"""Every write to a Generation: create and enqueue, claim, first token, finish."""
+"""Every write to a Generation: create and enqueue, claim fairly, first token, finish,
+stop, requeue after a dead worker; and what a waiting client is told about the queue."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Max
 from django.utils import timezone
 
 from webapp.accounts.models import User
+from webapp.accounts.services import generation_limit
 from webapp.catalog.models import ModelEntry
-from webapp.inference import dispatch, streams
-from webapp.inference.models import Generation, Status
+from webapp.inference import dispatch, liveness, streams
+from webapp.inference.models import Generation, Priority, Status
+
+log = logging.getLogger(__name__)
+
+
+class LimitReached(Exception):
+    """The user already has as many replies in progress as they may."""
+
+
+def check_concurrency(user: User) -> None:
+    """Refuse a new interactive generation when the user is at their limit."""
+    limit = generation_limit(user)
+    busy = Generation.objects.filter(
+        user=user, status__in=[Status.QUEUED, Status.RUNNING], priority=Priority.INTERACTIVE
+    ).count()
+    if busy >= limit:
+        raise LimitReached(
+            f"You already have {busy} repl{'y' if busy == 1 else 'ies'} in progress, "
+            f"your limit; wait for one to finish or stop it."
+        )
 
 
 def create_generation(
-    *, user: User, model: ModelEntry, task: str, input: dict[str, Any], params: dict[str, Any]
+    *,
+    user: User,
+    model: ModelEntry,
+    task: str,
+    input: dict[str, Any],
+    params: dict[str, Any],
+    priority: Priority = Priority.INTERACTIVE,
 ) -> Generation:
-    """Store a queued Generation and send it to its model's queue once the transaction commits."""
+    """Store a queued Generation and wake a worker of its model's queue once the
+    transaction commits."""
     generation = Generation.objects.create(
-        user=user, model=model, model_name=model.name, task=task, input=input, params=params
+        user=user,
+        model=model,
+        model_name=model.name,
+        task=task,
+        input=input,
+        params=params,
+        queue=model.queue,
+        priority=priority,
     )
     queue = model.queue
-    transaction.on_commit(lambda: dispatch.send_generation(generation.pk, queue))
+    transaction.on_commit(lambda: dispatch.wake_worker(queue))
     return generation
 
 
@@ -30,16 +70,55 @@ def generation_for_user(user: User, generation_id: int) -> Generation | None:
     return Generation.objects.filter(pk=generation_id, user=user).first()
 
 
-def claim(generation_id: int) -> Generation | None:
-    """Move a queued (or redelivered running) generation to running; None if there is
-    nothing to run: unknown id, or already finished."""
-    now = timezone.now()
-    updated = Generation.objects.filter(
-        pk=generation_id, status__in=[Status.QUEUED, Status.RUNNING]
-    ).update(status=Status.RUNNING, started_at=now, first_token_at=None, output="", error="")
-    if not updated:
-        return None
-    return Generation.objects.select_related("model").get(pk=generation_id)
+def fair_order(queue: str, limit: int = 5000) -> list[int]:
+    """The queued generations of a queue in the order workers take them: by priority,
+    then round-robin between users, the user served least recently first, each user's
+    own requests oldest first. So one user's many requests delay another user's single
+    request by at most one request."""
+    rows = list(
+        Generation.objects.filter(queue=queue, status=Status.QUEUED)
+        .order_by("queued_at", "pk")
+        .values_list("pk", "user_id", "priority")[:limit]
+    )
+    if not rows:
+        return []
+    users = {user_id for _pk, user_id, _priority in rows}
+    last_served = dict(
+        Generation.objects.filter(queue=queue, user_id__in=users, started_at__isnull=False)
+        .values("user_id")
+        .annotate(last=Max("started_at"))
+        .values_list("user_id", "last")
+    )
+    order: list[int] = []
+    for priority in sorted({p for _pk, _user, p in rows}):
+        per_user: dict[int, list[int]] = {}
+        for pk, user_id, p in rows:
+            if p == priority:
+                per_user.setdefault(user_id, []).append(pk)
+        never = timezone.now() - timedelta(days=365 * 100)
+        turn = sorted(per_user, key=lambda u: (last_served.get(u) or never, per_user[u][0]))
+        depth = max(len(ids) for ids in per_user.values())
+        for round_ in range(depth):
+            order += [per_user[u][round_] for u in turn if round_ < len(per_user[u])]
+    return order
+
+
+def claim_next(queue: str, worker: str) -> Generation | None:
+    """Move the next generation of the queue (in fair order) to running for this worker;
+    None when nothing is queued. A conditional UPDATE, so two workers never take one."""
+    for generation_id in fair_order(queue, limit=50):
+        updated = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
+            status=Status.RUNNING,
+            started_at=timezone.now(),
+            first_token_at=None,
+            output="",
+            error="",
+            worker=worker,
+            attempts=F("attempts") + 1,
+        )
+        if updated:
+            return Generation.objects.select_related("model").get(pk=generation_id)
+    return None
 
 
 def mark_first_token(generation_id: int) -> None:
@@ -55,28 +134,38 @@ def finish(
     finish_reason: str = "",
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
-) -> None:
-    Generation.objects.filter(pk=generation_id).update(
-        status=status,
-        output=output,
-        error=error,
-        finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        finished_at=timezone.now(),
+    worker: str | None = None,
+) -> bool:
+    """Record the outcome. With `worker`, only if that worker still holds the generation
+    (not if it was requeued after the worker was taken for dead). True if recorded."""
+    rows = Generation.objects.filter(pk=generation_id)
+    if worker is not None:
+        rows = rows.filter(worker=worker, status=Status.RUNNING)
+    return bool(
+        rows.update(
+            status=status,
+            output=output,
+            error=error,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finished_at=timezone.now(),
+        )
     )
 
 
 def stop(generation_id: int) -> None:
     """Stop a generation: a running one stops at the worker's next decoding step (the stop
-    flag); one that no worker has claimed yet is marked stopped here and its stream ended,
-    and the worker that later receives it finds nothing to claim."""
+    flag); a queued one leaves the queue at once: it is marked stopped and its stream ended,
+    and no worker will pick it."""
     streams.request_stop(generation_id)
     stopped_in_queue = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
         status=Status.STOPPED, finish_reason="stopped", finished_at=timezone.now()
     )
     if stopped_in_queue:
-        streams.StreamWriter(generation_id).done(Status.STOPPED, finish_reason="stopped")
+        writer = streams.StreamWriter(generation_id)
+        writer.resume()
+        writer.done(Status.STOPPED, finish_reason="stopped")
 
 
 def delete_generations(generation_ids: list[int]) -> None:
@@ -91,3 +180,97 @@ def delete_generations(generation_ids: list[int]) -> None:
         streams.request_stop(generation_id)
     Generation.objects.filter(pk__in=generation_ids).delete()
     streams.delete_streams(generation_ids)
+
+
+DEAD_WORKER_ERROR = (
+    "The worker running this reply stopped unexpectedly {attempts} times; it was not retried."
+)
+
+
+def recover_orphan(generation_id: int, dead_worker: str) -> str:
+    """A running generation whose worker is gone: queue it again (its stream gets a
+    `requeued` status, then the new run's events), or fail it once it has had
+    ATELIER_GENERATION_MAX_ATTEMPTS. Returns what was done: requeued, failed or nothing."""
+    generation = Generation.objects.filter(
+        pk=generation_id, status=Status.RUNNING, worker=dead_worker
+    ).first()
+    if generation is None:
+        return "nothing"
+    writer = streams.StreamWriter(generation_id)
+    writer.resume()
+    if generation.attempts < settings.ATELIER_GENERATION_MAX_ATTEMPTS:
+        requeued = Generation.objects.filter(
+            pk=generation_id, status=Status.RUNNING, worker=dead_worker
+        ).update(status=Status.QUEUED, worker="", output="", first_token_at=None)
+        if not requeued:
+            return "nothing"
+        writer.status("requeued")
+        dispatch.wake_worker(generation.queue)
+        log.warning("generation %s: worker %s is gone; requeued", generation_id, dead_worker)
+        return "requeued"
+    message = DEAD_WORKER_ERROR.format(attempts=generation.attempts)
+    if not finish(
+        generation_id,
+        status=Status.FAILED,
+        error=message,
+        finish_reason="error",
+        worker=dead_worker,
+    ):
+        return "nothing"
+    writer.done(Status.FAILED, finish_reason="error", error=message)
+    log.warning("generation %s: worker %s is gone; failed", generation_id, dead_worker)
+    return "failed"
+
+
+def running_without_worker(live: set[str]) -> list[tuple[int, str]]:
+    """(generation, worker) for running generations whose worker has no heartbeat."""
+    return list(
+        Generation.objects.filter(status=Status.RUNNING)
+        .exclude(worker__in=live)
+        .values_list("pk", "worker")
+    )
+
+
+def top_up(queue: str) -> int:
+    """Make sure every queued generation of the queue has a wake-up message in the broker
+    (messages are lost when Redis restarts without persistence). Extra messages are
+    harmless: a worker woken with nothing queued does nothing. Returns how many were sent."""
+    queued = Generation.objects.filter(queue=queue, status=Status.QUEUED).count()
+    missing = queued - dispatch.waiting_messages(queue)
+    for _ in range(max(0, missing)):
+        dispatch.wake_worker(queue)
+    return max(0, missing)
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    position: int  # 1 = next to run
+    running: int  # generations running on the queue now
+    workers: int  # live workers serving the queue
+    eta_seconds: float | None  # None: no finished generation to estimate from yet
+
+
+def queue_info(generation: Generation) -> QueueInfo | None:
+    """Where a queued generation stands; None once it is no longer queued."""
+    order = fair_order(generation.queue)
+    if generation.pk not in order:
+        return None
+    position = order.index(generation.pk) + 1
+    running = Generation.objects.filter(queue=generation.queue, status=Status.RUNNING).count()
+    workers = liveness.workers_serving(generation.queue)
+    recent = list(
+        Generation.objects.filter(
+            queue=generation.queue,
+            status=Status.DONE,
+            started_at__isnull=False,
+            finished_at__isnull=False,
+        )
+        .order_by("-finished_at")
+        .values_list("started_at", "finished_at")[:20]
+    )
+    eta = None
+    if recent and workers:
+        seconds = [(end - start).total_seconds() for start, end in recent if start and end]
+        mean = sum(seconds) / len(seconds)
+        eta = round(mean * (position - 1 + running) / workers, 1)
+    return QueueInfo(position=position, running=running, workers=workers, eta_seconds=eta)

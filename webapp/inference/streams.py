@@ -101,10 +101,16 @@ class StreamWriter:
         self.seq += 1
         return self.seq
 
-    def reset(self) -> None:
-        """Start the stream afresh (a redelivered generation is run from the beginning)."""
-        self.client.delete(self.key)
-        self.seq = 0
+    def resume(self) -> None:
+        """Continue after the stream's last event. A generation run again after its worker
+        died appends to its stream (after a `requeued` status) rather than rewriting it, so
+        a client that holds sequence N never misses or repeats an event."""
+        last: Any = self.client.xrevrange(self.key, count=1)
+        entry_id = last[0][0] if last else b"0-0"
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        self.seq = int(entry_id.split("-")[1])
+        self.text = ""
+        self._buffer.clear()
 
     def status(self, status: str) -> None:
         self.flush()

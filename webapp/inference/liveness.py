@@ -1,0 +1,52 @@
+"""Which workers are alive, and what they serve: each worker process writes a heartbeat
+key that expires, so a worker killed with SIGKILL disappears on its own."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from webapp.inference.streams import sync_redis
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    queues: tuple[str, ...]
+    generation: int | None
+
+
+def _key(name: str) -> str:
+    return f"{settings.ATELIER_REDIS_PREFIX}:worker:{name}"
+
+
+def beat(name: str, queues: list[str], generation: int | None) -> None:
+    """Say that this worker is alive (for ATELIER_WORKER_TIMEOUT_SECONDS)."""
+    payload = json.dumps({"queues": queues, "generation": generation})
+    sync_redis().set(_key(name), payload, ex=settings.ATELIER_WORKER_TIMEOUT_SECONDS)
+
+
+def forget(name: str) -> None:
+    sync_redis().delete(_key(name))
+
+
+def live_workers() -> list[WorkerInfo]:
+    client = sync_redis()
+    keys = list(client.scan_iter(match=_key("*"), count=500))
+    if not keys:
+        return []
+    prefix = len(_key(""))
+    workers = []
+    for key, raw in zip(keys, client.mget(keys), strict=True):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        data = json.loads(raw)
+        name = (key.decode() if isinstance(key, bytes) else key)[prefix:]
+        workers.append(WorkerInfo(name, tuple(data.get("queues", ())), data.get("generation")))
+    return workers
+
+
+def workers_serving(queue: str) -> int:
+    return sum(1 for worker in live_workers() if queue in worker.queues)

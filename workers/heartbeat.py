@@ -1,0 +1,74 @@
+"""The worker's heartbeat thread: says this worker is alive and what it runs, and looks
+after generations that lost their worker and queued ones whose wake-up message was lost.
+
+A worker killed with SIGKILL stops beating; its heartbeat key expires after
+ATELIER_WORKER_TIMEOUT_SECONDS, and any other live worker (or this one restarted) then
+requeues the generation it was running (or fails it after ATELIER_GENERATION_MAX_ATTEMPTS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from webapp.inference import liveness, services
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+current_generation: int | None = None  # set by the runner while it runs one
+
+
+class Heartbeat:
+    def __init__(self, queues: list[str], name: str = WORKER_NAME) -> None:
+        self.queues = queues
+        self.name = name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="atelier-heartbeat", daemon=True)
+        # generation -> when it was first seen running without a live worker. Acting only
+        # after it stayed so for a while spares workers whose key a Redis restart wiped
+        # (they write it again within one beat).
+        self._suspects: dict[int, float] = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            liveness.forget(self.name)
+        except Exception:
+            log.warning("could not remove the heartbeat of %s", self.name)
+
+    def _loop(self) -> None:
+        interval = settings.ATELIER_WORKER_HEARTBEAT_SECONDS
+        while not self._stop.is_set():
+            try:
+                liveness.beat(self.name, self.queues, current_generation)
+                close_old_connections()
+                self.look_after_queues()
+            except Exception as exc:  # Redis or the database away: try again next beat
+                log.warning("heartbeat: %s: %s", type(exc).__name__, exc)
+            self._stop.wait(interval)
+
+    def look_after_queues(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        live = {worker.name for worker in liveness.live_workers()}
+        orphans = dict(services.running_without_worker(live))
+        self._suspects = {g: self._suspects.get(g, now) for g in orphans}
+        grace = 2 * settings.ATELIER_WORKER_HEARTBEAT_SECONDS
+        for generation_id, since in list(self._suspects.items()):
+            if now - since >= grace:
+                services.recover_orphan(generation_id, orphans[generation_id])
+                del self._suspects[generation_id]
+        for queue in self.queues:
+            sent = services.top_up(queue)
+            if sent:
+                log.info("queue %s: sent %d wake-up message(s) for queued work", queue, sent)
