@@ -1,9 +1,11 @@
-"""Load a model and its tokenizer from a spec, on the right device, quantized as asked."""
+"""Load a model and its tokenizer (or image processor) from a spec, on the right device,
+quantized as asked. One path for every task, so each fails with the same clear errors."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 
 from generation.quantization import apply_int8_dynamic, bnb_config
-from generation.specs import Backend, Device, ModelLoadError, ModelSpec, Quantization
+from generation.specs import Backend, Device, ModelLoadError, ModelSpec, Quantization, Task
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +22,10 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     spec: ModelSpec
     model: Any  # a transformers PreTrainedModel
-    tokenizer: Any  # a transformers tokenizer
+    tokenizer: Any  # a transformers tokenizer (None for image classifiers)
     device: torch.device
     load_seconds: float
+    processor: Any = None  # the image processor of an image classifier
 
     @property
     def context_length(self) -> int:
@@ -32,6 +35,10 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return 2048
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
 
 def cuda_available() -> bool:
@@ -77,14 +84,8 @@ def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_causal_lm(spec: ModelSpec) -> LoadedModel:
-    """Load a causal language model and tokenizer; raise ModelLoadError with a clear cause."""
-    if spec.backend is not Backend.TRANSFORMERS:
-        raise ModelLoadError(
-            f"model {spec.name!r}: backend {spec.backend.value!r} cannot serve chat yet"
-        )
-    device = resolve_device(spec)
-    _check_combination(spec, device)
+def _resolve_source(spec: ModelSpec) -> str:
+    """The hub id as given, or the local folder after checking it holds a model."""
     source = spec.source
     if looks_like_path(source):
         folder = Path(source).expanduser()
@@ -93,8 +94,28 @@ def load_causal_lm(spec: ModelSpec) -> LoadedModel:
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"model {spec.name!r}: {source} has no config.json")
         source = str(folder)
+    return source
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+def _load_pretrained(
+    spec: ModelSpec,
+    purpose: str,
+    load_model: Callable[[str, dict[str, Any]], Any],
+    load_companion: Callable[[str], Any],
+) -> LoadedModel:
+    """The shared path: checks, from_pretrained for the model and its companion (tokenizer
+    or image processor), device placement, eval mode and quantization.
+
+    `purpose` names what the model is loaded for, in the error for a non-transformers spec.
+    The companion ends up in `tokenizer`; callers move it where it belongs.
+    """
+    if spec.backend is not Backend.TRANSFORMERS:
+        raise ModelLoadError(
+            f"model {spec.name!r}: backend {spec.backend.value!r} cannot serve {purpose} yet"
+        )
+    device = resolve_device(spec)
+    _check_combination(spec, device)
+    source = _resolve_source(spec)
 
     dtype = _float_dtype(device)
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -104,8 +125,8 @@ def load_causal_lm(spec: ModelSpec) -> LoadedModel:
 
     started = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        companion = load_companion(source)
+        model: Any = load_model(source, kwargs)
     except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - needs a GPU
         raise ModelLoadError(f"model {spec.name!r}: out of GPU memory while loading") from exc
     except Exception as exc:  # corrupt weights, unknown architecture, bad config, ...
@@ -119,12 +140,99 @@ def load_causal_lm(spec: ModelSpec) -> LoadedModel:
     model.eval()
     if spec.quantization is Quantization.INT8_DYNAMIC:
         model = apply_int8_dynamic(model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     elapsed = time.perf_counter() - started
     log.info(
         "loaded model %r (%s, %s) in %.2fs", spec.name, spec.quantization.value, device, elapsed
     )
     return LoadedModel(
-        spec=spec, model=model, tokenizer=tokenizer, device=device, load_seconds=elapsed
+        spec=spec, model=model, tokenizer=companion, device=device, load_seconds=elapsed
     )
+
+
+def _tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _with_pad_token(loaded: LoadedModel) -> LoadedModel:
+    if loaded.tokenizer.pad_token_id is None:
+        loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+    return loaded
+
+
+def load_causal_lm(spec: ModelSpec) -> LoadedModel:
+    """Load a causal language model and tokenizer; raise ModelLoadError with a clear cause."""
+    from transformers import AutoModelForCausalLM
+
+    def model(source: str, kwargs: dict[str, Any]) -> Any:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+    return _with_pad_token(_load_pretrained(spec, "chat", model, _tokenizer))
+
+
+def load_seq2seq_lm(spec: ModelSpec) -> LoadedModel:
+    """Load an encoder-decoder model (T5, BART, Pegasus, Marian, M2M100, NLLB) and tokenizer."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    def model(source: str, kwargs: dict[str, Any]) -> Any:
+        return AutoModelForSeq2SeqLM.from_pretrained(source, **kwargs)
+
+    return _with_pad_token(_load_pretrained(spec, spec.task.value, model, _tokenizer))
+
+
+def load_image_classifier(spec: ModelSpec) -> LoadedModel:
+    """Load an image classifier and its image processor (in `processor`; no tokenizer)."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    def model(source: str, kwargs: dict[str, Any]) -> Any:
+        return AutoModelForImageClassification.from_pretrained(source, **kwargs)
+
+    def processor(source: str) -> Any:
+        return AutoImageProcessor.from_pretrained(source)
+
+    loaded = _load_pretrained(spec, "image classification", model, processor)
+    loaded.processor, loaded.tokenizer = loaded.tokenizer, None
+    return loaded
+
+
+def load_text_encoder(spec: ModelSpec) -> LoadedModel:
+    """Load a BERT-style encoder (no head) and tokenizer, for sentence embeddings."""
+    from transformers import AutoModel
+
+    def model(source: str, kwargs: dict[str, Any]) -> Any:
+        return AutoModel.from_pretrained(source, **kwargs)
+
+    return _load_pretrained(spec, "embeddings", model, _tokenizer)
+
+
+def is_encoder_decoder_source(spec: ModelSpec) -> bool:
+    """Whether the spec's config describes an encoder-decoder model (read without weights)."""
+    from transformers import AutoConfig
+
+    source = _resolve_source(spec)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        cause = f"{type(exc).__name__}: {exc}"
+        raise ModelLoadError(
+            f"model {spec.name!r} could not be loaded from {spec.source}: {cause}"
+        ) from exc
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load whatever the spec's task needs: summaries and translations come from a seq2seq
+    model when the config is encoder-decoder, and from a chat model through a prompt
+    otherwise; image classification and embeddings have their own model classes."""
+    if spec.task is Task.CLASSIFY_IMAGE:
+        return load_image_classifier(spec)
+    if spec.task is Task.EMBED:
+        return load_text_encoder(spec)
+    if (
+        spec.task in (Task.SUMMARIZE, Task.TRANSLATE)
+        and spec.backend is Backend.TRANSFORMERS
+        and is_encoder_decoder_source(spec)
+    ):
+        return load_seq2seq_lm(spec)
+    return load_causal_lm(spec)

@@ -1,4 +1,5 @@
-"""Stream text from a causal LM as it is generated, with stop sequences and a stop flag."""
+"""Stream text from a causal or seq2seq LM as it is generated, with stop sequences and a
+stop flag. Summaries and translations stream through the same TokenStream as chat replies."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ class _TextStreamer(BaseStreamer):
         self._skipped_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
-        if not self._skipped_prompt:  # generate() first hands over the prompt itself
+        # generate() first hands over the prompt (causal LMs) or the decoder start token
+        # (seq2seq LMs): neither is part of the reply.
+        if not self._skipped_prompt:
             self._skipped_prompt = True
             return
         if self.cut:
@@ -122,6 +125,10 @@ class TokenStream:
     `should_stop` is polled between decoding steps (e.g. a stop flag in Redis); when it
     returns True generation ends after the current step. Afterwards `stats` holds token
     counts, timings and why generation ended, and `text` the whole text handed out.
+
+    For a seq2seq model `prompt_ids` is the encoder input. `generate_kwargs` adds
+    arguments to generate(), e.g. the forced first token that names a translation's
+    target language.
     """
 
     def __init__(
@@ -130,11 +137,14 @@ class TokenStream:
         prompt_ids: list[int],
         params: SamplingParams,
         should_stop: Callable[[], bool] = lambda: False,
+        *,
+        generate_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.loaded = loaded
         self.prompt_ids = prompt_ids
         self.params = params
         self.should_stop = should_stop
+        self.generate_kwargs = dict(generate_kwargs or {})
         self.stats = StreamStats(prompt_tokens=len(prompt_ids))
         self.text = ""
 
@@ -149,6 +159,9 @@ class TokenStream:
             "streamer": streamer,
             "stopping_criteria": StoppingCriteriaList([stop_when]),
             "pad_token_id": tokenizer.pad_token_id,
+            # Streaming needs one hypothesis; summarization models often default to beams.
+            "num_beams": 1,
+            **self.generate_kwargs,
         }
         if p.temperature > 0:
             kwargs.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=0)
@@ -182,7 +195,11 @@ class TokenStream:
         elif stop_when.requested:
             self.stats.finish_reason = "stopped"
         elif streamer.token_ids and streamer.token_ids[-1] in _eos_ids(self.loaded):
-            self.stats.finish_reason = "eos"
+            # Models with forced_eos_token_id (BART, Marian) put EOS on the last allowed
+            # step themselves: that is a reply cut at the length limit.
+            forced = getattr(self.loaded.model.generation_config, "forced_eos_token_id", None)
+            at_limit = len(streamer.token_ids) >= self.params.max_new_tokens
+            self.stats.finish_reason = "length" if forced is not None and at_limit else "eos"
         else:
             self.stats.finish_reason = "length"
         return self.stats
