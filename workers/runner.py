@@ -6,9 +6,10 @@ import logging
 from dataclasses import replace
 
 from generation.prompts import build_chat_input
-from generation.specs import GenerationError, ModelLoadError, SamplingParams
+from generation.specs import GenerationError, ModelLoadError, SamplingParams, Task
 from generation.streaming import TokenStream
 from webapp.catalog import services as catalog
+from webapp.chat import titles
 from webapp.inference import services, streams
 from webapp.inference.events import Usage
 from webapp.inference.models import Generation, Status
@@ -120,6 +121,20 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
         finish_reason=stats.finish_reason,
         usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens),
     )
+    _after(generation_id)
+
+
+def _after(generation_id: int) -> None:
+    """Follow-up work of a finished generation: a conversation's first reply asks for a
+    title (a background request); a title request gives its conversation the title."""
+    try:
+        generation = Generation.objects.select_related("model").get(pk=generation_id)
+        if generation.task == Task.CHAT:
+            titles.request_title(generation)
+        elif generation.task == titles.TITLE_TASK:
+            titles.apply_title(generation)
+    except Exception:  # a title is a nicety; never fail the reply for it
+        log.exception("generation %s: follow-up failed", generation_id)
 
 
 def _fail(

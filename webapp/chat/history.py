@@ -9,9 +9,11 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 
 from webapp.accounts.models import User
-from webapp.chat.models import Conversation, Message, Role
+from webapp.chat.models import Conversation, Message, Role, TitleSource
 from webapp.chat.services import conversations_for, visible_path
+from webapp.chat.titles import TITLE_TASK
 from webapp.inference import services as inference
+from webapp.inference.models import Generation
 
 EXPORT_FORMAT = "atelier.conversation"
 EXPORT_VERSION = 1
@@ -44,7 +46,8 @@ def rename(conversation: Conversation, title: str) -> None:
     if len(title) > MAX_TITLE_CHARS:
         raise HistoryError(f"A title is at most {MAX_TITLE_CHARS} characters.")
     conversation.title = title
-    conversation.save(update_fields=["title", "updated_at"])
+    conversation.title_source = TitleSource.USER  # the model's title never overwrites it
+    conversation.save(update_fields=["title", "title_source", "updated_at"])
 
 
 def delete(conversation: Conversation) -> None:
@@ -55,6 +58,9 @@ def delete(conversation: Conversation) -> None:
                 "generation_id", flat=True
             )
         )
+        generation_ids += Generation.objects.filter(
+            user=conversation.user, task=TITLE_TASK, input__conversation=conversation.pk
+        ).values_list("pk", flat=True)
         conversation.delete()
         ids = [i for i in generation_ids if i is not None]
         transaction.on_commit(lambda: inference.delete_generations(ids))

@@ -7,11 +7,20 @@ from django.conf import settings
 from django.db import models
 
 
+class TitleSource(models.TextChoices):
+    AUTO = "auto"  # cut from the first message, until the model writes one
+    MODEL = "model"
+    USER = "user"
+
+
 class Conversation(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
     title = models.CharField(max_length=200)
+    title_source = models.CharField(
+        max_length=10, choices=TitleSource.choices, default=TitleSource.AUTO
+    )
     model = models.ForeignKey(
         "catalog.ModelEntry", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
