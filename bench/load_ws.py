@@ -79,9 +79,10 @@ class Stream:
     done_at: float | None = None
     errors: list[str] = field(default_factory=list)
 
-    def counts(self) -> tuple[int, int, int]:
-        """(lost, duplicated, reordered) among the seq numbers received, which must be
-        1, 2, ... in order (seq 0 marks a done event rebuilt from the database)."""
+    def counts(self, last: int) -> tuple[int, int, int]:
+        """(lost, duplicated, reordered): the seq numbers received must be 1, 2, ...,
+        `last` (the stream's last seq in Redis) in order. A done event rebuilt from the
+        database (seq 0) does not stand in for the events it skipped."""
         seen: set[int] = set()
         duplicated = reordered = 0
         highest = 0
@@ -93,7 +94,7 @@ class Stream:
                 reordered += 1
             seen.add(seq)
             highest = max(highest, seq)
-        lost = sum(1 for seq in range(1, highest + 1) if seq not in seen)
+        lost = sum(1 for seq in range(1, max(highest, last) + 1) if seq not in seen)
         return lost, duplicated, reordered
 
 
@@ -403,6 +404,22 @@ def stored_generations(ids: list[int]) -> dict[int, dict[str, Any]]:
     return rows
 
 
+def last_seqs(ids: list[int]) -> dict[int, int]:
+    """Each generation's last seq as stored in its Redis stream: what every client
+    should have received (entry ids are 0-<seq>)."""
+    from webapp.inference import streams
+
+    client = streams.sync_redis()
+    found = {}
+    for generation_id in ids:
+        last: Any = client.xrevrange(streams.stream_key(generation_id), count=1)
+        if last:
+            entry_id = last[0][0]
+            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            found[generation_id] = int(entry_id.split("-")[1])
+    return found
+
+
 # --- figures -------------------------------------------------------------------------------
 
 
@@ -429,6 +446,7 @@ def analyse(
     connections: list[Connection],
     start: float,
     end: float,
+    last_seqs: dict[int, int],
 ) -> dict[str, Any]:
     errors: list[str] = [e for c in connections for e in c.errors]
     lost = duplicated = reordered = 0
@@ -439,7 +457,7 @@ def analyse(
             errors.append(f"connection {sender.connection}: message not accepted")
     for stream in streams:
         who = f"generation {stream.generation} ({'sender' if stream.primary else 'subscriber'})"
-        a, b, c = stream.counts()
+        a, b, c = stream.counts(last_seqs.get(stream.generation, 0))
         lost, duplicated, reordered = lost + a, duplicated + b, reordered + c
         errors += [f"{who}: {e}" for e in stream.errors]
         if stream.done is None:
@@ -696,12 +714,13 @@ def measure(
         progress("stopping the stack")
         for process in processes:  # all at once; the stack then waits for each in turn
             process.terminate()
-    rows = stored_generations([s.generation for s in sent if s.generation is not None])
+    ids = [s.generation for s in sent if s.generation is not None]
+    rows = stored_generations(ids)
     connection.close()
     for s in sent:
         if s.generation is not None:
             s.db = rows.get(s.generation, {})
-    return analyse(args, sent, connections, start, end), info
+    return analyse(args, sent, connections, start, end, last_seqs(ids)), info
 
 
 def main(argv: list[str] | None = None) -> int:
