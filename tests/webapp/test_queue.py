@@ -89,7 +89,7 @@ def test_queue_info_reports_position_and_that_no_worker_serves_the_queue(
 ) -> None:
     a1, a2 = ask(alice), ask(alice)
     b1 = ask(bob)
-    info = inference.queue_info(Generation.objects.get(pk=b1))
+    info = inference.queue_info(Generation.objects.get(pk=b1), fresh=True)
     assert info is not None
     assert (info.position, info.running, info.workers, info.eta_seconds) == (2, 0, 0, None)
     assert inference.queue_info(Generation.objects.get(pk=a2)).position == 3  # type: ignore[union-attr]
@@ -98,12 +98,12 @@ def test_queue_info_reports_position_and_that_no_worker_serves_the_queue(
     try:
         inference.claim_next(DIRECT_QUEUE, worker="w-test")
         inference.finish(a1, status=Status.DONE, worker="w-test")
-        info = inference.queue_info(Generation.objects.get(pk=a2))
+        info = inference.queue_info(Generation.objects.get(pk=a2), fresh=True)
         assert info is not None and info.workers == 1 and info.position == 2
         assert info.eta_seconds is not None and info.eta_seconds >= 0
     finally:
         liveness.forget("w-test")
-    assert inference.queue_info(Generation.objects.get(pk=a1)) is None  # finished
+    assert inference.queue_info(Generation.objects.get(pk=a1), fresh=True) is None  # finished
 
 
 def stream_statuses(generation_id: int) -> list[dict[str, Any]]:

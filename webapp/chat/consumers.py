@@ -23,8 +23,8 @@ from webapp.chat.protocol import (
     parse_frame,
 )
 from webapp.chat.rendering import render_markdown
-from webapp.inference import liveness, streams
 from webapp.inference import services as inference
+from webapp.inference import streams
 from webapp.inference.events import DoneEvent, Usage
 from webapp.inference.models import Generation, Status
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 WATCH_SECONDS = 1.0  # how often a waiting client is told its place in the queue
+WATCH_RUNNING_SECONDS = 5.0  # how often a running reply's worker is checked
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -213,7 +214,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 elif event != last:
                     await self.send_json(event)
                 last = event
-                await asyncio.sleep(WATCH_SECONDS)
+                await asyncio.sleep(
+                    WATCH_SECONDS if event["type"] == "queue" else WATCH_RUNNING_SECONDS
+                )
         except asyncio.CancelledError:
             raise
         except Exception:  # the watcher is a courtesy; the relay carries on without it
@@ -221,11 +224,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def answered_from_database(self, generation_id: int) -> bool:
         """A finished generation whose stream has expired from Redis: send its done event
-        from the database (the text is kept there for good). True if it was sent."""
-        if await self.redis.exists(streams.stream_key(generation_id)):
-            return False
+        from the database (the text is kept there for good). True if it was sent.
+
+        The database is read first: the worker writes its stream before it records the
+        end, so "finished" and then "no stream" can only mean the stream expired. (In the
+        other order, a reply that starts and ends between the two reads would be sent
+        without its tokens.)"""
         generation = await database_sync_to_async(Generation.objects.get)(pk=generation_id)
         if not generation.is_finished:
+            return False
+        if await self.redis.exists(streams.stream_key(generation_id)):
             return False
         await self.send_json(_done_from_database(generation))
         return True
@@ -251,12 +259,17 @@ def _done_from_database(generation: Generation) -> DoneEvent:
 
 
 def _watch_event(generation_id: int) -> dict[str, Any] | None:
-    """The watcher's event now, or None when there is nothing more to watch."""
-    generation = Generation.objects.filter(pk=generation_id).first()
+    """The watcher's event now, or None when there is nothing more to watch. One small
+    query; the queue's state comes from a snapshot shared by every relay of this process."""
+    generation = (
+        Generation.objects.filter(pk=generation_id)
+        .only("status", "worker", "queue", "model_name")
+        .first()
+    )
     if generation is None or generation.is_finished:
         return None
     if generation.status == Status.RUNNING:
-        if generation.worker in {w.name for w in liveness.live_workers()}:
+        if generation.worker in inference.live_worker_names():
             return {"type": "running", "generation": generation_id}
         return {
             "type": "worker_lost",

@@ -4,6 +4,7 @@ stop, requeue after a dead worker; and what a waiting client is told about the q
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -250,27 +251,68 @@ class QueueInfo:
     eta_seconds: float | None  # None: no finished generation to estimate from yet
 
 
-def queue_info(generation: Generation) -> QueueInfo | None:
-    """Where a queued generation stands; None once it is no longer queued."""
-    order = fair_order(generation.queue)
-    if generation.pk not in order:
-        return None
-    position = order.index(generation.pk) + 1
-    running = Generation.objects.filter(queue=generation.queue, status=Status.RUNNING).count()
-    workers = liveness.workers_serving(generation.queue)
+@dataclass(frozen=True)
+class _Snapshot:
+    taken: float
+    positions: dict[int, int]
+    running: int
+    workers: int
+    mean_seconds: float | None
+
+
+SNAPSHOT_SECONDS = 1.0
+_snapshots: dict[str, _Snapshot] = {}
+_live: tuple[float, set[str]] = (0.0, set())
+
+
+def live_worker_names() -> set[str]:
+    """Names of the live workers, read from Redis at most once a second per process."""
+    global _live
+    if time.monotonic() - _live[0] >= SNAPSHOT_SECONDS:
+        _live = (time.monotonic(), {w.name for w in liveness.live_workers()})
+    return _live[1]
+
+
+def _snapshot(queue: str) -> _Snapshot:
+    """The queue's state, computed at most once a second per process: every waiting
+    client's position comes from it, so a thousand waiting clients cost one computation."""
+    found = _snapshots.get(queue)
+    if found is not None and time.monotonic() - found.taken < SNAPSHOT_SECONDS:
+        return found
+    order = fair_order(queue)
+    running = Generation.objects.filter(queue=queue, status=Status.RUNNING).count()
+    workers = liveness.workers_serving(queue)
     recent = list(
         Generation.objects.filter(
-            queue=generation.queue,
-            status=Status.DONE,
-            started_at__isnull=False,
-            finished_at__isnull=False,
+            queue=queue, status=Status.DONE, started_at__isnull=False, finished_at__isnull=False
         )
         .order_by("-finished_at")
         .values_list("started_at", "finished_at")[:20]
     )
+    seconds = [(end - start).total_seconds() for start, end in recent if start and end]
+    snapshot = _Snapshot(
+        taken=time.monotonic(),
+        positions={pk: at + 1 for at, pk in enumerate(order)},
+        running=running,
+        workers=workers,
+        mean_seconds=sum(seconds) / len(seconds) if seconds else None,
+    )
+    _snapshots[queue] = snapshot
+    return snapshot
+
+
+def queue_info(generation: Generation, fresh: bool = False) -> QueueInfo | None:
+    """Where a queued generation stands (from a snapshot up to a second old, unless
+    fresh); None once it is no longer queued."""
+    if fresh:
+        _snapshots.pop(generation.queue, None)
+    snapshot = _snapshot(generation.queue)
+    position = snapshot.positions.get(generation.pk)
+    if position is None:
+        return None
     eta = None
-    if recent and workers:
-        seconds = [(end - start).total_seconds() for start, end in recent if start and end]
-        mean = sum(seconds) / len(seconds)
-        eta = round(mean * (position - 1 + running) / workers, 1)
-    return QueueInfo(position=position, running=running, workers=workers, eta_seconds=eta)
+    if snapshot.mean_seconds is not None and snapshot.workers:
+        eta = round(snapshot.mean_seconds * (position - 1 + snapshot.running) / snapshot.workers, 1)
+    return QueueInfo(
+        position=position, running=snapshot.running, workers=snapshot.workers, eta_seconds=eta
+    )
