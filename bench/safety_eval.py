@@ -8,9 +8,11 @@ tests/generation/data/safety_eval.jsonl: benign texts (tricky ones included: "Sc
 variants (leetspeak, confusable letters, zero-width characters, spacing, a mix). A text
 counts as caught when the verdict is flag or block.
 
-Prints precision, recall and F1 overall; recall on plain and on obfuscated harmful texts
-and per obfuscation and category; and the time of one input check (`SafetyFilter.check`,
-the classifier already loaded, after a warm-up pass): p50, p95 and max over all texts.
+Prints precision, recall and F1, overall and for the two parts of the set ("dev": the
+default rules were written with it in view; "holdout": written after they were frozen);
+recall on plain and on obfuscated harmful texts, per obfuscation and per category; and
+the time of one input check (`SafetyFilter.check`, the classifier already loaded, after a
+warm-up pass): p50, p95 and max over all texts, and the median for longer inputs.
 Targets (issue 5): p95 <= 5 ms on CPU; recall on obfuscated >= recall on plain.
 
     .venv/bin/python bench/safety_eval.py [--repeat 5] [--policy '{"flag_threshold": 0.8}']
@@ -40,6 +42,7 @@ from generation.safety import Action, Policy, SafetyFilter, Verdict  # noqa: E40
 
 DATA = ROOT / "tests" / "generation" / "data" / "safety_eval.jsonl"
 TARGET_P95_MS = 5.0
+LONG_INPUTS = (1000, 4000)  # characters
 BUSY_LOAD = 0.5  # load average per core above which a warning says timings are noisy
 
 
@@ -135,6 +138,24 @@ def time_checks(
     return timings
 
 
+def time_long_inputs(
+    safety: SafetyFilter, policy: Policy, examples: list[Example], sizes: tuple[int, ...]
+) -> dict[int, float]:
+    """Median seconds of one check of a long input (the benign texts joined, cut to size):
+    the cost grows with the length, which the short set above does not show."""
+    benign = " ".join(e.text for e in examples if not e.harmful)
+    medians = {}
+    for size in sizes:
+        text = (benign * (size // max(1, len(benign)) + 1))[:size]
+        runs = []
+        for _ in range(7):
+            started = time.perf_counter()
+            safety.check(text, policy)
+            runs.append(time.perf_counter() - started)
+        medians[size] = statistics.median(runs)
+    return medians
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -159,6 +180,7 @@ def report(
     pairs: list[tuple[Example, Verdict]],
     timings: list[float],
     load_seconds: float,
+    long_inputs: dict[int, float],
 ) -> bool:
     """Print the figures; True when both targets are met."""
     plain_recall = recall_of([(e, v) for e, v in pairs if not e.obfuscated])
@@ -216,6 +238,8 @@ def report(
         f"  one input check: p50 {p50:.3f} ms, p95 {p95:.3f} ms, max {worst:.3f} ms "
         f"({len(ms)} checks: {args.repeat} passes over the set after a warm-up pass)"
     )
+    longer = ", ".join(f"{size} chars {t * 1000:.1f} ms" for size, t in long_inputs.items())
+    print(f"  longer inputs (median of 7, not a target): {longer}")
     print()
     latency_ok = p95 <= TARGET_P95_MS
     recall_ok = obf_recall[0] >= plain_recall[0]
@@ -254,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     load_seconds = time.perf_counter() - started
     pairs = evaluate(safety, policy, examples)
     timings = time_checks(safety, policy, examples, args.repeat)
-    report(args, policy, pairs, timings, load_seconds)
+    long_inputs = time_long_inputs(safety, policy, examples, LONG_INPUTS)
+    report(args, policy, pairs, timings, load_seconds, long_inputs)
     return 0
 
 

@@ -10,6 +10,7 @@ No Django here: the web app passes its database rows in as plain data.
 """
 
 from generation.safety.classifier import (
+    ClassifierLoadError,
     ClassifierScore,
     ProfanityCheckClassifier,
     TextClassifier,
@@ -30,7 +31,9 @@ from generation.safety.rules import (
     Rule,
     RuleError,
     RuleKind,
+    RuleMatch,
     RuleSet,
+    default_rule_data,
     load_default_rules,
 )
 from generation.safety.stream import StreamChecker, StreamUpdate
@@ -39,6 +42,7 @@ __all__ = [
     "CATEGORIES",
     "DEFAULT_POLICY",
     "Action",
+    "ClassifierLoadError",
     "ClassifierScore",
     "Finding",
     "Layer",
@@ -49,12 +53,14 @@ __all__ = [
     "Rule",
     "RuleError",
     "RuleKind",
+    "RuleMatch",
     "RuleSet",
     "SafetyFilter",
     "StreamChecker",
     "StreamUpdate",
     "TextClassifier",
     "Verdict",
+    "default_rule_data",
     "load_default_rules",
     "normalize",
 ]

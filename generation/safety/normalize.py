@@ -11,7 +11,12 @@
 2. letters spaced out with one repeated separator ("s p a c e d", "s.p.a.c.e.d",
    "s-p-a-c-e-d", three letters or more) joined up.
 3. leetspeak inside words that have at least one letter ("h4te", "$h!t", "1d10t")
-   mapped to letters; numbers on their own ("5 apples", "$100") are left alone.
+   mapped to letters; numbers on their own ("5 apples", "$100") and numbers with a unit
+   ("7am", "2nd") are left alone.
+
+Where a text can be read more than one way, the other readings come along: "1" and "|"
+as "l" as well as "i", words written in leetspeak alone ("7175"), and "a s t u p i d"
+as "a stupid" as well as "astupid".
 
 Every character of the result knows which character of the original it came from, so a
 match can be shown where the user wrote it. Decomposition is used rather than NFKC
@@ -80,12 +85,12 @@ _LEET_INNER_ONLY = frozenset("!|+")
 _LEET_OTHER_READING = {"1": "l", "|": "i"}
 _LEET_OTHER = {**_LEET, **_LEET_OTHER_READING}
 _LEET_CHARS = re.compile(r"[0-9@$€¢!|+]")
+_LEET_SYMBOLS = frozenset("@$€¢!|+")
 # A number with a unit or an ordinal ("7am", "2nd", "10km", "3d") is not leetspeak.
 _NUMBER_WITH_UNIT = re.compile(
     r"\d*1st|\d*2nd|\d*3rd|\d+(?:th|am|pm|[kmgtb]|km|kg|mg|ml|l|[kmgt]b|[kmg]?hz|px|pt|r?em|d|s|h|ms"
     r"|min|x|fps|mph|kph|lbs?|oz|ft|cm|mm|in|yrs?|k?wh?|mah|p|c|f|v|bn)"
 )
-_WORD_WITH_LEET = re.compile(r"(?:[^\W_]|[@$€¢!|+])+")
 
 # A run of three or more single letters joined by one repeated separator. Units may be
 # leetspeak symbols ("5 h ! t"); the separator is captured so that it repeats exactly.
@@ -96,7 +101,12 @@ _SPACED = re.compile(
 # English words of one letter: "you are a s t u p i d" could be "astupid" or "a stupid".
 _ONE_LETTER_WORDS = frozenset("ai")
 
+# fold_char() results, by character and by code point (for str.translate); capped, so that
+# texts made of ever new characters cannot grow them without end.
 _CACHE: dict[str, str] = {}
+_TABLE: dict[int, str] = {}
+_TABLE_KNOWN: set[str] = set()
+_CACHE_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,9 @@ def fold_char(char: str) -> str:
     """Step 1 for one character: what it reads as, in lowercase ASCII where it can."""
     cached = _CACHE.get(char)
     if cached is None:
-        cached = _CACHE[char] = _fold_uncached(char)
+        cached = _fold_uncached(char)
+        if len(_CACHE) < _CACHE_LIMIT:
+            _CACHE[char] = cached
     return cached
 
 
@@ -196,6 +208,16 @@ def _fold_uncached(char: str) -> str:
 def _fold(text: str) -> tuple[str, Sequence[int]]:
     if text.isascii() and text.isprintable():  # the common case: only the case changes
         return text.lower(), range(len(text))
+    # Next most common: every character folds to exactly one (accents, other scripts,
+    # look-alikes), so str.translate does it and the offsets stay the identity.
+    chars = set(text)
+    new = chars.difference(_TABLE_KNOWN)
+    if len(_TABLE) + len(new) <= _CACHE_LIMIT:
+        for char in new:
+            _TABLE[ord(char)] = fold_char(char)
+            _TABLE_KNOWN.add(char)
+        if all(len(_TABLE[ord(char)]) == 1 for char in chars):
+            return text.translate(_TABLE), range(len(text))
     pieces: list[str] = []
     offsets: list[int] = []
     for index, char in enumerate(text):
@@ -241,14 +263,48 @@ def _join_spaced_letters(
 def _unleet(text: str) -> tuple[str, tuple[str, ...]]:
     """Step 3, one character for one so that offsets stay valid. Returns the text and its
     other readings (see `NormalizedText.readings`) where they differ from it."""
-    if _LEET_CHARS.search(text) is None:
+    words = _words_with_leet(text)
+    if not words:
         return text, ()
-    result = _WORD_WITH_LEET.sub(lambda m: _map_word(m.group(), _LEET), text)
+    result = _map_words(text, words, _LEET, digits_only=False)
     readings = [
-        _WORD_WITH_LEET.sub(lambda m: _map_word(m.group(), _LEET, digits_only=True), text),
-        _WORD_WITH_LEET.sub(lambda m: _map_word(m.group(), _LEET_OTHER, digits_only=True), text),
+        _map_words(text, words, _LEET, digits_only=True),
+        _map_words(text, words, _LEET_OTHER, digits_only=True),
     ]
     return result, tuple(r for r in dict.fromkeys(readings) if r != result)
+
+
+def _words_with_leet(text: str) -> list[tuple[int, int]]:
+    """Spans of the words that hold a leetspeak character: found from those characters,
+    which are rare, rather than by reading every word."""
+    spans: list[tuple[int, int]] = []
+    for match in _LEET_CHARS.finditer(text):
+        if spans and match.start() < spans[-1][1]:
+            continue
+        start, end = match.start(), match.end()
+        while start > 0 and _in_word(text[start - 1]):
+            start -= 1
+        while end < len(text) and _in_word(text[end]):
+            end += 1
+        spans.append((start, end))
+    return spans
+
+
+def _in_word(char: str) -> bool:
+    return char.isalnum() or char in _LEET_SYMBOLS
+
+
+def _map_words(
+    text: str, words: list[tuple[int, int]], table: dict[str, str], *, digits_only: bool
+) -> str:
+    pieces = []
+    position = 0
+    for start, end in words:
+        pieces.append(text[position:start])
+        pieces.append(_map_word(text[start:end], table, digits_only=digits_only))
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def _map_word(word: str, table: dict[str, str], *, digits_only: bool = False) -> str:

@@ -179,7 +179,7 @@ class RuleSet:
                     self._words.append(_Word(rule, pattern, regex))
                 else:
                     try:
-                        compiled = re.compile(pattern, re.IGNORECASE)
+                        compiled = re.compile(pattern, _case_flag(pattern))
                     except re.error as exc:
                         raise RuleError(
                             f"rule {rule.id!r}: bad regular expression {pattern!r}: {exc}"
@@ -223,10 +223,11 @@ class RuleSet:
                     for match in self._unbounded.finditer(reading, start, end):
                         if _run_edge_or_long(match, start, end):
                             yield self._word_match(text, match.group(), match.start())
+        # Regexes read the main text and the folded one, not the other readings: those
+        # serve word lists (a regex can spell its own alternatives) and cost a pass each.
         for rule, pattern, regex in self._regexes:
-            for reading in readings:
-                for match in regex.finditer(reading):
-                    yield self._match(text, rule, pattern, match, folded=False)
+            for match in regex.finditer(text.text):
+                yield self._match(text, rule, pattern, match, folded=False)
             if text.folded != text.text:
                 for match in regex.finditer(text.folded):
                     yield self._match(text, rule, pattern, match, folded=True)
@@ -242,6 +243,20 @@ class RuleSet:
     ) -> RuleMatch:
         span = text.original_span(match.start(), match.end(), folded=folded)
         return RuleMatch(rule, pattern, match.group(), span, text.original[span[0] : span[1]])
+
+
+def _case_flag(pattern: str) -> int:
+    """IGNORECASE only for a pattern that spells a capital letter: the texts it reads are
+    lowercase already, and the flag makes Python's re several times slower."""
+    escaped = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char != char.lower():
+            return re.IGNORECASE
+    return 0
 
 
 # Inside a spaced run a word is looked for without word boundaries only where the

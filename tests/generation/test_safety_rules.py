@@ -103,6 +103,11 @@ def test_regexes_match_normalized_and_folded_text() -> None:
     ]
 
 
+def test_regexes_ignore_case_however_they_are_written() -> None:
+    rules = RuleSet([regex("lower", r"\bbuy now\b"), regex("upper", r"\bBUY\s+NOW\b")])
+    assert matched(rules, "Buy Now!") == [("lower", "Buy Now"), ("upper", "Buy Now")]
+
+
 def test_a_pattern_matched_in_two_readings_is_reported_once() -> None:
     rules = RuleSet([regex("word", r"\bidiot\b")])
     assert matched(rules, "1d1ot") == [("word", "1d1ot")]
