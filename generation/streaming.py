@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,10 @@ class _TextStreamer(BaseStreamer):
         stats: StreamStats,
         on_text: Callable[[str], None],
         started: float,
+        hidden: frozenset[int] = frozenset(),
     ) -> None:
         self.tokenizer = tokenizer
+        self.hidden = hidden
         self.stops = stops
         self.stop_event = stop_event
         self.stats = stats
@@ -66,7 +68,7 @@ class _TextStreamer(BaseStreamer):
         self.stats.completion_tokens = len(self.token_ids)
         if self.stats.first_token_seconds is None:
             self.stats.first_token_seconds = time.perf_counter() - self.started
-        text = _decode(self.tokenizer, self.token_ids)
+        text = _decode(self.tokenizer, self._visible_ids())
         sent = len(self.text)
         if self.stops:
             cut = _first_stop(text, self.stops, start=max(0, sent - max(map(len, self.stops))))
@@ -80,7 +82,12 @@ class _TextStreamer(BaseStreamer):
     def end(self) -> None:
         """Text held back for a stop sequence that never came goes out at the end."""
         if not self.cut:
-            self._send(_decode(self.tokenizer, self.token_ids))
+            self._send(_decode(self.tokenizer, self._visible_ids()))
+
+    def _visible_ids(self) -> list[int]:
+        if not self.hidden:
+            return self.token_ids
+        return [t for t in self.token_ids if t not in self.hidden]
 
     def _send(self, text: str) -> None:
         if len(text) > len(self.text):
@@ -128,7 +135,8 @@ class TokenStream:
 
     For a seq2seq model `prompt_ids` is the encoder input. `generate_kwargs` adds
     arguments to generate(), e.g. the forced first token that names a translation's
-    target language.
+    target language. `hidden_token_ids` are generated (and counted) but never text, for
+    control tokens a tokenizer does not mark special (M2M100's language tokens).
     """
 
     def __init__(
@@ -139,12 +147,14 @@ class TokenStream:
         should_stop: Callable[[], bool] = lambda: False,
         *,
         generate_kwargs: dict[str, Any] | None = None,
+        hidden_token_ids: Collection[int] = (),
     ) -> None:
         self.loaded = loaded
         self.prompt_ids = prompt_ids
         self.params = params
         self.should_stop = should_stop
         self.generate_kwargs = dict(generate_kwargs or {})
+        self.hidden_token_ids = frozenset(hidden_token_ids)
         self.stats = StreamStats(prompt_tokens=len(prompt_ids))
         self.text = ""
 
@@ -180,7 +190,13 @@ class TokenStream:
         stop_when = _StopWhen(stop_event, self.should_stop)
         started = time.perf_counter()
         streamer = _TextStreamer(
-            self.loaded.tokenizer, self.params.stop, stop_event, self.stats, on_text, started
+            self.loaded.tokenizer,
+            self.params.stop,
+            stop_event,
+            self.stats,
+            on_text,
+            started,
+            self.hidden_token_ids,
         )
         if self.params.seed is not None:
             torch.manual_seed(self.params.seed)

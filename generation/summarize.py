@@ -171,6 +171,8 @@ class SummaryStream:
         on_progress: Callable[[SummaryProgress], None] | None = None,
         chunk_tokens: int | None = None,
     ) -> None:
+        if not text.strip():
+            raise GenerationError("there is no text to summarize")
         self.loaded = loaded
         self.source_text = text
         self.preset = LENGTH_PRESETS[SummaryLength(length)]

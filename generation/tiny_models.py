@@ -2,7 +2,7 @@
 tokenizers and saved image processor configs.
 
 Each builder writes a folder that loads through the real from_pretrained path, like a model
-from the hub: T5, BART and Marian (and an NLLB-style M2M100) for summaries and
+from the hub: T5, BART, Marian, M2M100 and an NLLB-style M2M100 for summaries and
 translations, ViT and ResNet image classifiers, a BERT encoder for sentence embeddings.
 The models are a few thousand parameters, so building and running them takes moments.
 """
@@ -252,6 +252,29 @@ def build_tiny_nllb(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
     merges: Any = [tuple(merge) for merge in backend["merges"]]  # pairs, whatever the stub says
     tokenizer = NllbTokenizer(vocab=backend["vocab"], merges=merges)
     config = _seq2seq_config(M2M100Config, hidden_size, len(tokenizer), **_FAIRSEQ_IDS)
+    return _save(folder, _random_model(M2M100ForConditionalGeneration, config, seed), tokenizer)
+
+
+def build_tiny_m2m100(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    """M2M100 with its real (SentencePiece) tokenizer: "__de__"-style language tokens after
+    the vocabulary, the source one set through `tokenizer.src_lang`, the target forced."""
+    import sentencepiece as spm
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, M2M100Tokenizer
+
+    spm_bytes = _train_sentencepiece(200)
+    processor = spm.SentencePieceProcessor(model_proto=spm_bytes)
+    vocab: dict[str, int] = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for i in range(processor.get_piece_size()):
+        vocab.setdefault(processor.id_to_piece(i), len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentencepiece.bpe.model").write_bytes(spm_bytes)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    tokenizer = M2M100Tokenizer(
+        str(folder / "vocab.json"), str(folder / "sentencepiece.bpe.model"), num_madeup_words=0
+    )
+    # The language tokens have ids after the vocabulary, and len(tokenizer) leaves them out.
+    vocab_size = max(tokenizer.lang_code_to_id.values()) + 1
+    config = _seq2seq_config(M2M100Config, hidden_size, vocab_size, **_FAIRSEQ_IDS)
     return _save(folder, _random_model(M2M100ForConditionalGeneration, config, seed), tokenizer)
 
 

@@ -302,6 +302,13 @@ class TranslationStream:
             return min(MAX_CHUNK_TOKENS * 2, self.loaded.context_length // 3)
         return min(MAX_CHUNK_TOKENS, self.loaded.context_length - 16)
 
+    def _hidden_ids(self) -> frozenset[int]:
+        """M2M100's tokenizer does not mark its language tokens special, so decoding would
+        show the forced target token ("__fr__") as text."""
+        if self.support.family != "m2m100":
+            return frozenset()
+        return frozenset(self.loaded.tokenizer.lang_code_to_id.values())
+
     def _encode(self, text: str) -> tuple[list[int], dict[str, Any]]:
         """Encoder (or chat prompt) ids and extra generate() arguments for one chunk."""
         tokenizer = self.loaded.tokenizer
@@ -351,7 +358,12 @@ class TranslationStream:
             budget = min(budget, self.loaded.context_length - chunk_tokens)
         params = replace(self.params, max_new_tokens=max(1, budget))
         stream = TokenStream(
-            self.loaded, ids, params, should_stop=self.should_stop, generate_kwargs=extra
+            self.loaded,
+            ids,
+            params,
+            should_stop=self.should_stop,
+            generate_kwargs=extra,
+            hidden_token_ids=self._hidden_ids(),
         )
         self.calls += 1
         stats = stream.run(on_text)

@@ -273,6 +273,11 @@ def test_a_model_with_too_little_context_is_refused(t5: LoadedModel) -> None:
         SummaryStream(t5, "text", chunk_tokens=10)
 
 
+def test_empty_text_is_refused(t5: LoadedModel) -> None:
+    with pytest.raises(GenerationError, match="no text to summarize"):
+        SummaryStream(t5, " \n\t ")
+
+
 # -- chat models -------------------------------------------------------------------------------
 
 

@@ -10,7 +10,12 @@ import torch
 
 from generation.loading import LoadedModel, load_seq2seq_lm
 from generation.specs import GenerationError, ModelSpec, SamplingParams, Task
-from generation.tiny_models import build_tiny_marian, build_tiny_nllb, build_tiny_t5
+from generation.tiny_models import (
+    build_tiny_m2m100,
+    build_tiny_marian,
+    build_tiny_nllb,
+    build_tiny_t5,
+)
 from generation.translate import (
     LANGUAGES,
     TranslationStream,
@@ -59,6 +64,11 @@ def marian_multi(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 @pytest.fixture(scope="module")
 def nllb(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     return load(build_tiny_nllb(tmp_path_factory.mktemp("tr-nllb")), "tiny-nllb")
+
+
+@pytest.fixture(scope="module")
+def m2m100(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load(build_tiny_m2m100(tmp_path_factory.mktemp("tr-m2m")), "tiny-m2m100")
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +140,12 @@ def test_nllb_languages_come_from_its_tokenizer(nllb: LoadedModel) -> None:
     assert support.pairs is None
     assert set(support.targets) == set(LANGUAGES)
     assert support.allows("de", "fr") and not support.allows("fr", "fr")
+
+
+def test_m2m100_languages_come_from_its_tokenizer(m2m100: LoadedModel) -> None:
+    support = supported_languages(m2m100)
+    assert support.family == "m2m100"
+    assert set(support.targets) == set(LANGUAGES)  # "nb" is M2M100's "no"
 
 
 def test_t5_pairs_come_from_its_task_prefixes(t5: LoadedModel) -> None:
@@ -209,6 +225,36 @@ def test_forced_bos_is_the_first_generated_token_and_the_stream_matches(
         )[0]
     assert tokens(nllb, output[:2]) == ["</s>", "jpn_Jpan"]  # decoder start, forced target
     assert "".join(pieces) == nllb.tokenizer.decode(output, skip_special_tokens=True)
+
+
+def test_m2m100_source_token_forced_target_and_no_language_tokens_in_the_text(
+    m2m100: LoadedModel,
+) -> None:
+    tokenizer = m2m100.tokenizer
+    translation = TranslationStream(
+        m2m100, SENTENCES["de"], target="nb", params=SamplingParams(temperature=0)
+    )
+    pieces: list[str] = []
+    with counting_generate(m2m100) as calls:
+        translation.run(pieces.append)
+    call = calls[0]
+    assert tokens(m2m100, call["input_ids"][0])[0] == "__de__"  # set by tokenizer.src_lang
+    assert call["forced_bos_token_id"] == tokenizer.get_lang_id("no")
+    with torch.inference_mode():
+        output = m2m100.model.generate(
+            input_ids=call["input_ids"],
+            forced_bos_token_id=call["forced_bos_token_id"],
+            max_new_tokens=call["max_new_tokens"],
+            do_sample=False,
+            num_beams=1,
+        )[0]
+    assert tokens(m2m100, output[1:2]) == ["__no__"]
+    # This tokenizer does not mark language tokens special: the stream leaves them out.
+    language_ids = set(tokenizer.lang_code_to_id.values())
+    text_ids = [t for t in output.tolist() if t not in language_ids]
+    assert "".join(pieces) == tokenizer.decode(text_ids, skip_special_tokens=True)
+    assert "__no__" not in translation.text
+    assert translation.stats.completion_tokens == len(output) - 1
 
 
 def test_the_user_can_override_the_detected_source(nllb: LoadedModel) -> None:
