@@ -4,6 +4,7 @@ unsupported-pair error, forced BOS language tokens, prefixes, streaming and chat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -74,6 +75,18 @@ def m2m100(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 @pytest.fixture(scope="module")
 def t5(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     return load(build_tiny_t5(tmp_path_factory.mktemp("tr-t5")), "tiny-t5")
+
+
+def regenerate(loaded: LoadedModel, call: dict[str, Any]) -> torch.Tensor:
+    """What plain greedy generate() makes of a recorded call's inputs."""
+    with torch.inference_mode():
+        return loaded.model.generate(
+            input_ids=call["input_ids"],
+            forced_bos_token_id=call["forced_bos_token_id"],
+            max_new_tokens=call["max_new_tokens"],
+            do_sample=False,
+            num_beams=1,
+        )[0]
 
 
 def tokens(loaded: LoadedModel, ids: torch.Tensor) -> list[str]:
@@ -213,16 +226,7 @@ def test_forced_bos_is_the_first_generated_token_and_the_stream_matches(
     pieces: list[str] = []
     with counting_generate(nllb) as calls:
         translation.run(pieces.append)
-    call = calls[0]
-    with torch.inference_mode():
-        output = nllb.model.generate(
-            input_ids=call["input_ids"],
-            attention_mask=call["attention_mask"],
-            forced_bos_token_id=call["forced_bos_token_id"],
-            max_new_tokens=call["max_new_tokens"],
-            do_sample=False,
-            num_beams=1,
-        )[0]
+    output = regenerate(nllb, calls[0])
     assert tokens(nllb, output[:2]) == ["</s>", "jpn_Jpan"]  # decoder start, forced target
     assert "".join(pieces) == nllb.tokenizer.decode(output, skip_special_tokens=True)
 
@@ -240,14 +244,7 @@ def test_m2m100_source_token_forced_target_and_no_language_tokens_in_the_text(
     call = calls[0]
     assert tokens(m2m100, call["input_ids"][0])[0] == "__de__"  # set by tokenizer.src_lang
     assert call["forced_bos_token_id"] == tokenizer.get_lang_id("no")
-    with torch.inference_mode():
-        output = m2m100.model.generate(
-            input_ids=call["input_ids"],
-            forced_bos_token_id=call["forced_bos_token_id"],
-            max_new_tokens=call["max_new_tokens"],
-            do_sample=False,
-            num_beams=1,
-        )[0]
+    output = regenerate(m2m100, call)
     assert tokens(m2m100, output[1:2]) == ["__no__"]
     # This tokenizer does not mark language tokens special: the stream leaves them out.
     language_ids = set(tokenizer.lang_code_to_id.values())
