@@ -233,7 +233,12 @@ class SummaryStream:
         self, text: str, params: SamplingParams, on_text: Callable[[str], None], *, final: bool
     ) -> StreamStats:
         prompt = self._prompt_ids(text, final=final, new_tokens=params.max_new_tokens)
-        stream = TokenStream(self.loaded, prompt, params, should_stop=self.should_stop)
+        # Summarization configs (e.g. bart-large-cnn's min_length=56) ask for more than a
+        # map step's short budget; the budget wins, without a warning per chunk.
+        extra = {} if final else {"min_length": 0}
+        stream = TokenStream(
+            self.loaded, prompt, params, should_stop=self.should_stop, generate_kwargs=extra
+        )
         self.calls += 1
         stats = stream.run(on_text)
         self.stats.prompt_tokens += stats.prompt_tokens

@@ -236,6 +236,9 @@ def test_map_reduce_of_a_long_input(t5: LoadedModel) -> None:
     # Map steps are greedy and short (a quarter of a chunk); the final one has the preset.
     assert all(call["max_new_tokens"] == chunk_tokens // 4 for call in calls[:-1])
     assert all(call["do_sample"] is False for call in calls[:-1])
+    # A model's own minimum summary length (bart-large-cnn: 56) yields to a map budget.
+    assert all(call["min_length"] == 0 for call in calls[:-1])
+    assert "min_length" not in calls[-1]
     assert calls[-1]["max_new_tokens"] == LENGTH_PRESETS[SummaryLength.MEDIUM].max_new_tokens
     # Only the final step streamed; the stats count every call.
     assert "".join(pieces) == summary.text
