@@ -154,8 +154,10 @@ class SummaryStream:
     """A summary of `text`, streamed like a chat reply: `run(on_text)` returns StreamStats.
 
     The final summary's length comes from the preset; `params` gives its sampling
-    (temperature, top_p, seed, stop sequences). Map steps decode greedily, so the same
-    input gives the same intermediate summaries; `on_progress` hears of each one.
+    (temperature, top_p, seed, stop sequences; greedy by default). Map steps decode
+    greedily, so the same input gives the same intermediate summaries; `on_progress`
+    hears of each one. `chunk_tokens` (text tokens per call) defaults to what the model's
+    context allows.
     `should_stop` is polled between decoding steps of every call, map steps included.
     Afterwards `stats` counts the tokens of all model calls, and `text` is the summary.
     """
@@ -176,7 +178,9 @@ class SummaryStream:
         self.loaded = loaded
         self.source_text = text
         self.preset = LENGTH_PRESETS[SummaryLength(length)]
-        self.params = replace(params or SamplingParams(), max_new_tokens=self.preset.max_new_tokens)
+        self.params = replace(
+            params or SamplingParams(temperature=0.0), max_new_tokens=self.preset.max_new_tokens
+        )
         self.should_stop = should_stop
         self.on_progress = on_progress
         self.seq2seq = loaded.is_encoder_decoder

@@ -123,7 +123,6 @@ def detect_language(text: str, among: Iterable[str] | None = None) -> str | None
 # -- what a model supports ------------------------------------------------------------------
 
 _MARIAN_NAME = re.compile(r"opus-mt-(?:tc-big-)?([a-z]{2,3})-([a-z]{2,3})(?![a-z])", re.IGNORECASE)
-_NLLB_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
 _T5_TASK = re.compile(r"^translation_([a-z]{2})_to_([a-z]{2})$")
 
 
@@ -255,11 +254,11 @@ _encode_lock = threading.Lock()  # tokenizer.src_lang is state shared by every c
 class TranslationStream:
     """A translation of `text` into `target`, streamed like a chat reply.
 
-    `source` is detected when not given; source and target are
-    checked before anything runs, so an unsupported pair fails at once with
-    UnsupportedLanguageError. Lines are kept; a long line is cut into chunks at sentence
-    boundaries and translated chunk by chunk, each one streaming. `params` gives the
-    sampling and stop sequences; the length of each chunk's translation follows its input.
+    `source` is detected when not given; the pair is checked before anything runs, so
+    an unsupported one fails at once with UnsupportedLanguageError. Lines are kept; a
+    long line is cut into chunks at sentence boundaries and translated chunk by chunk,
+    each one streaming. `params` gives the sampling and stop sequences (greedy by
+    default); the length of each chunk's translation follows its input.
     """
 
     def __init__(
