@@ -21,6 +21,7 @@ digits, e-mail addresses and URLs are matched as written.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -170,12 +171,15 @@ class RuleSet:
         self._words: list[_Word] = []
         self._regexes: list[tuple[Rule, str, re.Pattern[str]]] = []
         trie = _Trie()
+        cores = _Trie()  # the words without wildcards, for spaced runs
         for rule in self.rules:
             for pattern in rule.patterns:
                 if rule.kind is RuleKind.WORDS:
                     units = _word_units(pattern, rule.id)
                     _add(trie, units)
-                    regex = re.compile("".join(units))
+                    core = _word_units(pattern, rule.id, wildcards=False)
+                    _add(cores, core)
+                    regex = re.compile("".join(units) + "|" + "".join(core))
                     self._words.append(_Word(rule, pattern, regex))
                 else:
                     try:
@@ -187,7 +191,7 @@ class RuleSet:
                     self._regexes.append((rule, pattern, compiled))
         body = _trie_regex(trie)
         self._bounded = re.compile(_BOUNDED.format(body)) if body else None
-        self._unbounded = re.compile(body) if body else None
+        self._unbounded = re.compile(_trie_regex(cores)) if body else None
         allow_trie = _Trie()
         for phrase in self.allow:
             _add(allow_trie, _word_units(phrase, f"allow-list entry {phrase!r}"))
@@ -269,8 +273,14 @@ def _run_edge_or_long(match: re.Match[str], start: int, end: int) -> bool:
     return match.start() == start or match.end() == end or len(match.group()) >= _RUN_MIDDLE_MIN
 
 
-def _word_units(pattern: str, owner: str) -> list[str]:
-    """A word pattern as regex pieces, one per letter (see the module docstring)."""
+def _word_units(pattern: str, owner: str, *, wildcards: bool = True) -> list[str]:
+    """A word pattern as regex pieces, one per run of a letter (see the module docstring).
+
+    Runs are matched possessively ("s{2,}+" for "ss"): a letter repeated many times cannot
+    make the expression backtrack, which keeps a check linear in the length of the text.
+    Without `wildcards`, a leading or trailing "*" is left out (for searching inside
+    spaced runs, where the core word alone is looked for).
+    """
     stripped = pattern.strip()
     prefix = stripped.startswith("*")
     suffix = stripped.endswith("*")
@@ -280,20 +290,27 @@ def _word_units(pattern: str, owner: str) -> list[str]:
     core = normalize(core).text  # as the text it is matched against ("sh1t" is "shit")
     if not re.search(_WORD_CHARS, core):
         raise RuleError(f"{owner}: {pattern!r} has no letters or digits")
-    units: list[str] = [f"{_WORD_CHARS}*"] if prefix else []
-    for char in core:
-        if char.isspace():
-            if units[-1] != f"{_NOT_WORD}*":
-                units.append(f"{_NOT_WORD}*")
-        elif char in "il":
-            units.append("[il]+")
-        elif char.isalnum():
-            units.append(re.escape(char) + "+")
+    units: list[str] = [f"{_WORD_CHARS}*"] if prefix and wildcards else []
+    for key, run in itertools.groupby(core, key=_letter_class):
+        count = len(list(run))
+        if key == " ":
+            units.append(f"{_NOT_WORD}*+")
+        elif len(key) > 1 or key.isalnum():  # a letter or a digit, maybe repeated
+            atom = key if len(key) > 1 else re.escape(key)
+            units.append(f"{atom}++" if count == 1 else f"{atom}{{{count},}}+")
         else:  # punctuation in a word ("you're") may be left out
-            units.append(re.escape(char) + "?")
-    if suffix:
-        units.append(f"{_WORD_CHARS}*")
+            units.extend([re.escape(key) + "?"] * count)
+    if suffix and wildcards:
+        units.append(f"{_WORD_CHARS}*+")
     return units
+
+
+def _letter_class(char: str) -> str:
+    """What a character of a word pattern matches: "i" and "l" each other, since
+    leetspeak "1" and "|" stand for both; any whitespace a run of non-word characters."""
+    if char in "il":
+        return "[il]"
+    return " " if char.isspace() else char
 
 
 def _add(trie: _Trie, units: list[str]) -> None:

@@ -28,6 +28,9 @@ _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n")
 _TRAILING_SPACED = re.compile(r"(?:(?<=\s)|^)(?:\S[ .\-_*·•/~,:+]+){2,}\S?\s*$")
 
 
+# How far back from a checkpoint spaced letters are looked for (bounded: the search is
+# quadratic in it).
+_SPACED_TAIL_WINDOW = 80
 # Text with no whitespace is held back until it is this many times `every_chars` long.
 _LONGEST_WORD = 4
 
@@ -62,6 +65,7 @@ class StreamChecker:
         self.checks = 0
         self.finished = False
         self._block: Verdict | None = None
+        self._seen = 0  # text[:_seen] has been looked at for checkpoints
         self._findings: dict[tuple[str, object], Finding] = {}
 
     @property
@@ -96,6 +100,8 @@ class StreamChecker:
         start = 0
         if self.policy.output_check is OutputCheck.STREAMING:
             start = _word_start(self.text, max(0, self.safe_length - self.context_chars))
+            # ...but not ever further back when there is no whitespace (base64, a URL).
+            start = max(start, self.safe_length - 2 * self.context_chars)
         verdict = self.safety.check(self.text[start:cut], self.policy).shifted(start)
         self.checks += 1
         self._remember(verdict)
@@ -107,20 +113,25 @@ class StreamChecker:
         return StreamUpdate(released, self.safe_length)
 
     def _checkpoint(self) -> int:
-        """Where the next check should end (<= safe_length: not yet)."""
-        pending = self.text[self.safe_length :]
-        cut = self.safe_length
-        for match in _SENTENCE_END.finditer(pending):
-            cut = self.safe_length + match.end()
-        unchecked = len(pending) - (cut - self.safe_length)
-        if unchecked >= self.every_chars:
+        """Where the next check should end (<= safe_length: not yet). One is due when a
+        sentence has ended, or `every_chars` characters have come, since the last one."""
+        start = self.safe_length
+        seen = max(self._seen, start)
+        cut = start
+        # A little before `seen`: the whitespace that ends a sentence may have just come.
+        for match in _SENTENCE_END.finditer(self.text, max(start, seen - 8)):
+            cut = match.end()
+        if len(self.text) - seen >= self.every_chars:
+            pending = self.text[start:]
             last_space = max(pending.rfind(" "), pending.rfind("\n"), pending.rfind("\t"))
             if last_space >= 0:
-                cut = max(cut, self.safe_length + last_space + 1)
-            elif unchecked >= _LONGEST_WORD * self.every_chars:
+                cut = max(cut, start + last_space + 1)
+            elif len(pending) >= _LONGEST_WORD * self.every_chars:
                 cut = len(self.text)  # no space at all (a long URL, base64): check it whole
-        if cut > self.safe_length:
-            tail = _TRAILING_SPACED.search(self.text, self.safe_length, cut)
+        if cut > start:
+            self._seen = len(self.text)
+            window = max(start, cut - _SPACED_TAIL_WINDOW)
+            tail = _TRAILING_SPACED.search(self.text, window, cut)
             if tail is not None:
                 cut = tail.start()
         return cut
