@@ -77,6 +77,16 @@ def test_a_benign_reply_is_released_whole_as_it_grows(safety: SafetyFilter) -> N
     assert checker.verdict().action is Action.ALLOW
 
 
+def test_checks_come_per_sentence_or_per_every_chars_not_per_piece(
+    safety: SafetyFilter,
+) -> None:
+    reply = ("word " * 400) + "The end. " + ("a b " * 200)
+    checker = StreamChecker(safety, STREAMING, every_chars=100)
+    released, _, last = stream(checker, list(reply))  # one character a piece
+    assert released == reply and not last.blocked
+    assert checker.checks <= len(reply) // 100 + 3
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_withheld_text_is_never_released(safety: SafetyFilter, seed: int) -> None:
     checker = StreamChecker(safety, STREAMING, every_chars=24)
