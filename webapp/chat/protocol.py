@@ -4,6 +4,7 @@ docs/protocol.md describes it for people."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ def parse_frame(text: str | None, data: bytes | None) -> dict[str, Any]:
         )
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
     if not isinstance(value, dict):
         raise ProtocolError("bad_frame", "A frame must be a JSON object with a 'type'.")
@@ -84,12 +85,34 @@ def _id(value: Any, field: str, *, optional: bool = False) -> int | None:
     return value
 
 
+MAX_SEQ = 2**53  # larger `after` values cannot name an event (and Redis refuses them)
+MAX_STOP_CHARS = 200
+
+
 def _number(value: Any, field: str, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError("bad_field", f"'{field}' must be a number.")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        number = math.inf
+    if not math.isfinite(number):  # also NaN and Infinity, which Python's JSON accepts
+        raise ProtocolError("out_of_range", f"'{field}' must be a finite number.")
+    return number
+
+
+def _text(value: str, field: str) -> str:
+    """Text that can be stored: no NUL (PostgreSQL refuses it) and no lone surrogate
+    escapes such as "\\ud800" (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ProtocolError("bad_field", f"'{field}' must not contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_field", f"'{field}' contains an invalid character.") from None
+    return value
 
 
 PARAMS = {"model", "temperature", "top_p", "max_tokens", "seed", "stop"}
@@ -107,7 +130,9 @@ def parse_client_message(frame: dict[str, Any]) -> ClientMessage:
     unknown = sorted(set(frame) - FIELDS.get(kind, set(frame))) if isinstance(kind, str) else []
     if unknown:
         raise ProtocolError(
-            "unknown_field", f"Unknown field(s) for {kind!r}: {', '.join(unknown)}."
+            "unknown_field",
+            f"Unknown field(s) for {kind!r}: {', '.join(name[:40] for name in unknown[:5])}"
+            + (" …" if len(unknown) > 5 else "."),
         )
     if kind == "message":
         return _parse_send(frame)
@@ -127,14 +152,15 @@ def parse_client_message(frame: dict[str, Any]) -> ClientMessage:
         )
     if kind == "subscribe":
         after = frame.get("after", 0)
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < MAX_SEQ:
             raise ProtocolError("bad_field", "'after' must be a sequence number (0 or more).")
         return Subscribe(generation=_id(frame.get("generation"), "generation") or 0, after=after)
     if kind == "stop":
         return Stop(generation=_id(frame.get("generation"), "generation") or 0)
+    shown = repr(kind)[:40]  # not the client's whole frame back
     raise ProtocolError(
         "unknown_type",
-        f"Unknown message type {kind!r}; expected one of: {', '.join(sorted(FIELDS))}.",
+        f"Unknown message type {shown}; expected one of: {', '.join(sorted(FIELDS))}.",
     )
 
 
@@ -142,8 +168,7 @@ def _parse_content(frame: dict[str, Any]) -> str:
     content = frame.get("content")
     if not isinstance(content, str) or not content.strip():
         raise ProtocolError("bad_field", "'content' must be non-empty text.")
-    if "\x00" in content:
-        raise ProtocolError("bad_field", "'content' must not contain NUL characters.")
+    _text(content, "content")
     if len(content) > settings.ATELIER_MAX_MESSAGE_CHARS:
         raise ProtocolError(
             "too_long",
@@ -155,8 +180,10 @@ def _parse_content(frame: dict[str, Any]) -> str:
 
 def _parse_system(frame: dict[str, Any]) -> str | None:
     system = frame.get("system")
-    if system is not None and (not isinstance(system, str) or "\x00" in system):
-        raise ProtocolError("bad_field", "'system' must be text without NUL characters.")
+    if system is not None and not isinstance(system, str):
+        raise ProtocolError("bad_field", "'system' must be text.")
+    if system is not None:
+        _text(system, "system")
     if system and len(system) > settings.ATELIER_MAX_SYSTEM_PROMPT_CHARS:
         raise ProtocolError(
             "too_long",
@@ -178,6 +205,12 @@ def _parse_params(frame: dict[str, Any]) -> SamplingParams:
     stop = frame.get("stop", [])
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise ProtocolError("bad_field", "'stop' must be a list of strings.")
+    for text in stop:
+        _text(text, "stop")
+        if len(text) > MAX_STOP_CHARS:
+            raise ProtocolError(
+                "too_long", f"A stop string is limited to {MAX_STOP_CHARS} characters."
+            )
     try:
         return SamplingParams(
             temperature=_number(frame.get("temperature"), "temperature", 0.7),
