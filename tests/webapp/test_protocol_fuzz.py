@@ -362,10 +362,15 @@ def field_corruptions(world: World, kind: str, field: str) -> st.SearchStrategy[
         out = st.integers(max_value=0) | st.integers(min_value=4097) | huge_ints
         return _valued(not_int, BAD_FIELD) | _valued(out, OUT_OF_RANGE)
     if field == "seed":
-        out = st.integers(max_value=-1) | st.integers(min_value=2**32) | huge_ints
+        out = (
+            st.integers(max_value=-1)
+            | st.integers(min_value=2**32)
+            | huge_ints.filter(lambda i: not 0 <= i < 2**32)  # 2^31..2^32-1 are seeds
+        )
         return _valued(not_int.filter(lambda v: v is not None) | out, BAD_FIELD)
     if field == "stop":
-        words = st.text(min_size=1, max_size=5)
+        # Stop strings that are fine on their own (NUL is a bad_field of its own).
+        words = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=5)
         not_list = json_values.filter(lambda v: not isinstance(v, list))
         with_non_text = st.builds(
             lambda texts, odd, at: [*texts[:at], odd, *texts[at:]],
