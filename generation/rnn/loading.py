@@ -74,6 +74,7 @@ def save_rnn_folder(
 def _replace(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    tmp.chmod(0o644)  # safetensors creates its file readable by its owner only
     os.replace(tmp, path)
 
 

@@ -7,6 +7,10 @@ context longer than one batch at the cost of one batch's gradient. The last `val
 of the text (from a line start) is never trained on; after each epoch its loss per character
 and perplexity (exp of that loss) are measured, and the epoch with the lowest validation loss
 is the one saved.
+
+The defaults are the starter pack's recipe: a 1 x 256 GRU, 2 epochs over the Shakespeare
+corpus (4.8 million training characters). Measured on a shared 2-CPU machine with 1 thread:
+218 s, held-out loss 1.472 per character (perplexity 4.36).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +38,14 @@ class TrainConfig:
     hidden_size: int = 256
     num_layers: int = 1
     dropout: float = 0.0
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 64
     seq_len: int = 128  # characters per batch and stream: how far gradients reach back
     learning_rate: float = 3e-3  # Adam, decayed along a cosine to a tenth by the last step
     grad_clip: float = 1.0
     val_fraction: float = 0.05
     seed: int = 0
-    threads: int | None = None  # torch CPU threads while training; None: the CPUs we may use
+    threads: int | None = None  # torch CPU threads while training; None: default_threads()
     max_chars: int | None = None  # train on the start of the corpus only (quick runs)
     device: str = "cpu"
 
@@ -157,11 +161,18 @@ def evaluate(model: CharRNN, ids: torch.Tensor, batch_size: int, seq_len: int) -
     return total / count
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
+    """One CPU thread fewer than the CPUs this process may use (at least one).
+
+    The spare CPU keeps the web process and workers on the machine responsive, and torch's
+    OpenMP threads slow down badly when one of them waits for a busy core: on a shared
+    2-CPU machine a training step measured 0.37 s with 1 thread and 1.75 s with 2.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
 
 
 def train_rnn(
@@ -173,9 +184,10 @@ def train_rnn(
 ) -> TrainResult:
     """Train on `text`, save the best epoch's model folder to `out`, return its figures.
 
-    The same text, config and thread count give the same weights: every random choice
-    (initial weights, dropout) comes from `config.seed`, and the caller's torch random
-    state and thread count are restored afterwards.
+    The same text, config and thread count give the same weights (another thread count
+    changes the order of float sums, and so the last bits): every random choice (initial
+    weights, dropout) comes from `config.seed`, and the caller's torch random state and
+    thread count are restored afterwards.
     """
     if config.max_chars is not None:
         text = text[: config.max_chars]
@@ -187,10 +199,12 @@ def train_rnn(
         )
     vocab = CharVocab.build(train_text)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads or _default_threads())
+    threads = config.threads or default_threads()
+    torch.set_num_threads(threads)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
+            config = replace(config, threads=threads)  # saved with the figures
             return _train(train_text, val_text, vocab, out, config, on_progress, corpus_name)
     finally:
         torch.set_num_threads(previous_threads)

@@ -16,6 +16,7 @@ import torch
 from generation.rnn.corpus import SHAKESPEARE, load_corpus, read_text_file, shakespeare_files
 from generation.rnn.loading import (
     CONFIG_FILE,
+    FOLDER_FILES,
     VOCAB_FILE,
     WEIGHTS_FILE,
     LoadedRNN,
@@ -281,6 +282,8 @@ def test_save_and_load_give_identical_logits(tmp_path: Path, kind: str) -> None:
     config = RNNConfig(vocab_size=len(vocab), kind=kind, hidden_size=24, num_layers=2)
     model = CharRNN(config).eval()
     save_rnn_folder(tmp_path, model, vocab, training={"val_loss": 1.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FOLDER_FILES)  # no .tmp left
+    assert (tmp_path / WEIGHTS_FILE).stat().st_mode & 0o777 == 0o644  # a worker may read it
     loaded = load_rnn(spec(tmp_path))
     assert loaded.config == config
     assert loaded.vocab.chars == vocab.chars

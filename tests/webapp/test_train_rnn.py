@@ -76,6 +76,7 @@ def test_train_rnn_draws_progress_reports_validation_and_saves_a_loadable_folder
     assert f"saved {out}" in stdout
     assert training["corpus"] == str(tmp_path / "corpus.txt")
     assert training["config"]["hidden_size"] == 16
+    assert training["config"]["threads"] == 1
 
     loaded = load_rnn(ModelSpec(name="trained", source=str(out), backend=Backend.RNN))
     pieces: list[str] = []

@@ -85,7 +85,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--seed", type=int, default=defaults.seed)
         parser.add_argument(
-            "--threads", type=int, default=None, help="torch CPU threads (default: all CPUs)"
+            "--threads",
+            type=int,
+            default=None,
+            help="torch CPU threads (default: one fewer than the CPUs, at least one)",
         )
         parser.add_argument(
             "--max-chars", type=int, default=None, help="use only the corpus's first N characters"
