@@ -173,3 +173,13 @@ def test_heartbeat_recovers_orphans_after_a_grace_period(
     assert Generation.objects.get(pk=generation_id).status == Status.RUNNING
     heartbeat.look_after_queues(now=104.0)  # still without a worker after 2 beats
     assert Generation.objects.get(pk=generation_id).status == Status.QUEUED
+
+
+def test_a_generation_queued_after_the_snapshot_still_gets_its_position(
+    alice: Any, bob: Any, chat_model: Any
+) -> None:
+    first = ask(alice)
+    assert inference.queue_info(Generation.objects.get(pk=first), fresh=True) is not None
+    later = ask(bob)  # within the snapshot's second
+    info = inference.queue_info(Generation.objects.get(pk=later))
+    assert info is not None and info.position == 2

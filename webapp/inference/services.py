@@ -309,6 +309,8 @@ def queue_info(generation: Generation, fresh: bool = False) -> QueueInfo | None:
     snapshot = _snapshot(generation.queue)
     position = snapshot.positions.get(generation.pk)
     if position is None:
+        if generation.status == Status.QUEUED and not fresh:  # queued after the snapshot
+            return queue_info(generation, fresh=True)
         return None
     eta = None
     if snapshot.mean_seconds is not None and snapshot.workers:
