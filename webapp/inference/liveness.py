@@ -46,7 +46,3 @@ def live_workers() -> list[WorkerInfo]:
         name = (key.decode() if isinstance(key, bytes) else key)[prefix:]
         workers.append(WorkerInfo(name, tuple(data.get("queues", ())), data.get("generation")))
     return workers
-
-
-def workers_serving(queue: str) -> int:
-    return sum(1 for worker in live_workers() if queue in worker.queues)

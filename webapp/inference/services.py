@@ -91,12 +91,12 @@ def fair_order(queue: str, limit: int = 5000) -> list[int]:
         .values_list("user_id", "last")
     )
     order: list[int] = []
+    never = timezone.now() - timedelta(days=365 * 100)  # users not served yet go first
     for priority in sorted({p for _pk, _user, p in rows}):
         per_user: dict[int, list[int]] = {}
         for pk, user_id, p in rows:
             if p == priority:
                 per_user.setdefault(user_id, []).append(pk)
-        never = timezone.now() - timedelta(days=365 * 100)
         turn = sorted(per_user, key=lambda u: (last_served.get(u) or never, per_user[u][0]))
         depth = max(len(ids) for ids in per_user.values())
         for round_ in range(depth):
@@ -262,26 +262,30 @@ class _Snapshot:
 
 SNAPSHOT_SECONDS = 1.0
 _snapshots: dict[str, _Snapshot] = {}
-_live: tuple[float, set[str]] = (0.0, set())
+_live: tuple[float, list[liveness.WorkerInfo]] = (-SNAPSHOT_SECONDS, [])
 
 
-def live_worker_names() -> set[str]:
-    """Names of the live workers, read from Redis at most once a second per process."""
+def _live_workers(fresh: bool = False) -> list[liveness.WorkerInfo]:
+    """The live workers, read from Redis at most once a second per process (unless fresh)."""
     global _live
-    if time.monotonic() - _live[0] >= SNAPSHOT_SECONDS:
-        _live = (time.monotonic(), {w.name for w in liveness.live_workers()})
+    if fresh or time.monotonic() - _live[0] >= SNAPSHOT_SECONDS:
+        _live = (time.monotonic(), liveness.live_workers())
     return _live[1]
 
 
-def _snapshot(queue: str) -> _Snapshot:
+def live_worker_names() -> set[str]:
+    return {worker.name for worker in _live_workers()}
+
+
+def _snapshot(queue: str, fresh: bool) -> _Snapshot:
     """The queue's state, computed at most once a second per process: every waiting
     client's position comes from it, so a thousand waiting clients cost one computation."""
     found = _snapshots.get(queue)
-    if found is not None and time.monotonic() - found.taken < SNAPSHOT_SECONDS:
+    if not fresh and found is not None and time.monotonic() - found.taken < SNAPSHOT_SECONDS:
         return found
     order = fair_order(queue)
     running = Generation.objects.filter(queue=queue, status=Status.RUNNING).count()
-    workers = liveness.workers_serving(queue)
+    workers = sum(1 for worker in _live_workers(fresh) if queue in worker.queues)
     recent = list(
         Generation.objects.filter(
             queue=queue, status=Status.DONE, started_at__isnull=False, finished_at__isnull=False
@@ -304,9 +308,7 @@ def _snapshot(queue: str) -> _Snapshot:
 def queue_info(generation: Generation, fresh: bool = False) -> QueueInfo | None:
     """Where a queued generation stands (from a snapshot up to a second old, unless
     fresh); None once it is no longer queued."""
-    if fresh:
-        _snapshots.pop(generation.queue, None)
-    snapshot = _snapshot(generation.queue)
+    snapshot = _snapshot(generation.queue, fresh)
     position = snapshot.positions.get(generation.pk)
     if position is None:
         if generation.status == Status.QUEUED and not fresh:  # queued after the snapshot
