@@ -43,6 +43,9 @@ class Generation(models.Model):
     input = models.JSONField(help_text="What the model is given, e.g. system prompt and messages.")
     params = models.JSONField(default=dict, help_text="Sampling parameters.")
     output = models.TextField(blank=True)
+    result = models.JSONField(
+        null=True, blank=True, help_text="Structured output, e.g. an image's labels."
+    )
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
     )

@@ -19,6 +19,7 @@ from webapp.accounts.services import generation_limit
 from webapp.catalog.models import ModelEntry
 from webapp.inference import dispatch, liveness, streams
 from webapp.inference.models import Generation, Priority, Status
+from webapp.inference.signals import generation_finished
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,15 @@ def finish(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     worker: str | None = None,
+    result: Any = None,
 ) -> bool:
     """Record the outcome. With `worker`, only if that worker still holds the generation
     (not if it was requeued after the worker was taken for dead). True if recorded."""
     rows = Generation.objects.filter(pk=generation_id)
     if worker is not None:
         rows = rows.filter(worker=worker, status=Status.RUNNING)
-    return bool(
+    fields: dict[str, Any] = {} if result is None else {"result": result}
+    recorded = bool(
         rows.update(
             status=status,
             output=output,
@@ -151,8 +154,26 @@ def finish(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             finished_at=timezone.now(),
+            **fields,
         )
     )
+    if recorded:
+        _announce_finished(generation_id, status)
+    return recorded
+
+
+def _announce_finished(generation_id: int, status: str) -> None:
+    """Tell listeners (e.g. batch jobs) once the outcome is committed."""
+
+    def send() -> None:
+        replies = generation_finished.send_robust(
+            sender=Generation, generation_id=generation_id, status=str(status)
+        )
+        for receiver, reply in replies:
+            if isinstance(reply, Exception):
+                log.error("generation %s: %r failed: %r", generation_id, receiver, reply)
+
+    transaction.on_commit(send)
 
 
 def stop(generation_id: int) -> None:
@@ -164,6 +185,7 @@ def stop(generation_id: int) -> None:
         status=Status.STOPPED, finish_reason="stopped", finished_at=timezone.now()
     )
     if stopped_in_queue:
+        _announce_finished(generation_id, Status.STOPPED)
         writer = streams.StreamWriter(generation_id)
         writer.resume()
         writer.done(Status.STOPPED, finish_reason="stopped")

@@ -1,0 +1,10 @@
+"""Signals other apps listen to, so that `inference` needs to know none of them."""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+# Sent once a Generation's outcome is recorded (done, stopped, failed or blocked), after the
+# transaction commits, in whichever process recorded it (a worker, or the web process for a
+# queued generation that was stopped). Arguments: generation_id, status.
+generation_finished = Signal()
