@@ -49,6 +49,8 @@ INSTALLED_APPS = [
     "webapp.catalog",
     "webapp.inference",
     "webapp.chat",
+    "webapp.moderation",
+    "webapp.jobs",
 ]
 
 MIDDLEWARE = [
@@ -75,6 +77,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "webapp.moderation.context.suspension",
             ],
         },
     },
@@ -124,6 +127,8 @@ ATELIER_REDIS_PREFIX = env_str("ATELIER_REDIS_PREFIX", "atelier")
 
 # --- Models ---------------------------------------------------------------------------
 MODELS_DIR = Path(env_str("ATELIER_MODELS_DIR", str(VAR_DIR / "models")))
+# Files people upload for a model (images to classify): web and workers must both see it.
+UPLOADS_DIR = Path(env_str("ATELIER_UPLOADS_DIR", str(VAR_DIR / "uploads")))
 HF_HUB_OFFLINE = env_bool("HF_HUB_OFFLINE", False)
 if HF_HUB_OFFLINE:  # huggingface_hub reads the variable itself; give it a spelling it knows
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -141,8 +146,11 @@ ATELIER_DEFAULT_MAX_TOKENS = env_int("ATELIER_DEFAULT_MAX_TOKENS", 512)
 ATELIER_STREAM_RETENTION_SECONDS = env_int("ATELIER_STREAM_RETENTION_SECONDS", 3600)
 # How often (milliseconds) the worker flushes coalesced tokens to the stream.
 ATELIER_STREAM_FLUSH_MS = env_int("ATELIER_STREAM_FLUSH_MS", 30)
-# Models a worker process keeps loaded at once.
-ATELIER_WORKER_MAX_MODELS = env_int("ATELIER_WORKER_MAX_MODELS", 2)
+# Models a worker process keeps loaded at once (catalog entries with the same weights,
+# e.g. the starter chat model as chat model, summarizer and translator, count once).
+ATELIER_WORKER_MAX_MODELS = env_int("ATELIER_WORKER_MAX_MODELS", 4)
+# Largest image (bytes) a person may upload for classification.
+ATELIER_MAX_IMAGE_BYTES = env_int("ATELIER_MAX_IMAGE_BYTES", 20 * 1024 * 1024)
 # Replies one user may have queued or running at once (admins can raise it per group).
 ATELIER_MAX_CONCURRENT_GENERATIONS = env_int("ATELIER_MAX_CONCURRENT_GENERATIONS", 2)
 # A worker writes a heartbeat this often (seconds); one silent for WORKER_TIMEOUT seconds is
@@ -150,6 +158,28 @@ ATELIER_MAX_CONCURRENT_GENERATIONS = env_int("ATELIER_MAX_CONCURRENT_GENERATIONS
 ATELIER_WORKER_HEARTBEAT_SECONDS = env_int("ATELIER_WORKER_HEARTBEAT_SECONDS", 2)
 ATELIER_WORKER_TIMEOUT_SECONDS = env_int("ATELIER_WORKER_TIMEOUT_SECONDS", 10)
 ATELIER_GENERATION_MAX_ATTEMPTS = env_int("ATELIER_GENERATION_MAX_ATTEMPTS", 2)
+
+# --- Moderation -----------------------------------------------------------------------
+# Confirmed strikes within the window that suspend an account automatically (0: never).
+ATELIER_STRIKES_TO_SUSPEND = env_int("ATELIER_STRIKES_TO_SUSPEND", 3)
+ATELIER_STRIKE_WINDOW_DAYS = env_int("ATELIER_STRIKE_WINDOW_DAYS", 30)
+# Audit entries older than this are deleted by `manage.py purge_audit`.
+ATELIER_AUDIT_RETENTION_DAYS = env_int("ATELIER_AUDIT_RETENTION_DAYS", 365)
+# Whether the rules shipped in generation/safety/default_rules.json apply (admins' rules
+# are added to them, and replace a shipped rule of the same id).
+ATELIER_MODERATION_DEFAULT_RULES = env_bool("ATELIER_MODERATION_DEFAULT_RULES", True)
+# --- Batch jobs -----------------------------------------------------------------------
+# Generations of one job queued or running at once (enough to keep a worker busy; its
+# items are background work, so interactive requests still go first).
+ATELIER_JOB_MAX_IN_FLIGHT = env_int("ATELIER_JOB_MAX_IN_FLIGHT", 4)
+# Limits on uploaded job files.
+ATELIER_JOB_MAX_UPLOAD_BYTES = env_int("ATELIER_JOB_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
+ATELIER_JOB_MAX_ITEMS = env_int("ATELIER_JOB_MAX_ITEMS", 10_000)
+ATELIER_JOB_MAX_ITEM_CHARS = env_int("ATELIER_JOB_MAX_ITEM_CHARS", 100_000)
+ATELIER_JOB_ZIP_MAX_UNCOMPRESSED_BYTES = env_int(
+    "ATELIER_JOB_ZIP_MAX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024
+)
+ATELIER_JOB_ZIP_MAX_RATIO = env_int("ATELIER_JOB_ZIP_MAX_RATIO", 100)
 
 LOGGING = {
     "version": 1,

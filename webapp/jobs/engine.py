@@ -1,0 +1,326 @@
+"""The batch engine: a job's items become background Generations, a few at a time.
+
+At most ATELIER_JOB_MAX_IN_FLIGHT generations of a job are queued or running at once; each
+finished one is recorded on its item and the next items are dispatched. That happens when
+the generation's outcome is committed (the `generation_finished` signal, in the worker or
+web process that recorded it) and again on a reconcile pass (the job page and its
+WebSocket, the batch command), which also catches a signal lost to a crash.
+
+Exactly once: an item has at most one live generation, and a result is written with a
+conditional UPDATE (item still running, still on that generation), so a generation that
+is recorded twice (signal and reconcile, two processes) or requeued after its worker died
+(same Generation, run again) yields one result. Dispatching holds the job's row lock, so
+two processes never fan out past the bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F
+from django.utils import timezone
+
+from webapp.inference import services as inference
+from webapp.inference.models import FINISHED, Generation, Priority, Status
+from webapp.jobs.models import ItemStatus, Job, JobItem, JobStatus, JobTask
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+THROUGHPUT_WINDOW = timedelta(seconds=60)
+
+
+class JobStateError(Exception):
+    """The action does not apply to the job as it stands (e.g. resume a running job)."""
+
+
+def item_input(job: Job, item: JobItem) -> dict[str, Any]:
+    """A generation's input for one item (the worker's contract for each task)."""
+    if job.task == JobTask.TRANSLATE:
+        payload: dict[str, Any] = {"text": item.text, "target": job.options["target"]}
+        if job.options.get("source"):
+            payload["source"] = job.options["source"]
+        return payload
+    return {"text": item.text, "length": job.options.get("length", "short")}
+
+
+def dispatch(job_id: int) -> int:
+    """Top up the job's generations in flight to the bound; mark the job done when
+    nothing is left. Returns how many generations were created."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().select_related("model", "user").filter(pk=job_id)
+        found = job.first()
+        if found is None or found.status not in ACTIVE:
+            if found is not None and found.status == JobStatus.PAUSED:
+                _finish_if_empty(found)
+            return 0
+        return _dispatch_locked(found)
+
+
+def _dispatch_locked(job: Job) -> int:
+    entry = job.model
+    pending = job.items.filter(status=ItemStatus.PENDING)
+    if entry is None or not entry.enabled:
+        # The model went away mid-job: the remaining items fail with the reason (retry
+        # is possible once an admin enables it again).
+        pending.update(
+            status=ItemStatus.FAILED,
+            error=f"The model {job.model_name!r} is no longer available.",
+            finished_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+        refresh_counts(job.pk)
+        _finish_if_empty(job)
+        return 0
+    in_flight = job.items.filter(status=ItemStatus.RUNNING).count()
+    free = settings.ATELIER_JOB_MAX_IN_FLIGHT - in_flight
+    started = 0
+    if free > 0:
+        for item in pending.order_by("index")[:free]:
+            generation = inference.create_generation(
+                user=job.user,
+                model=entry,
+                task=job.task,
+                input=item_input(job, item),
+                params={},
+                priority=Priority.BACKGROUND,
+            )
+            JobItem.objects.filter(pk=item.pk, status=ItemStatus.PENDING).update(
+                status=ItemStatus.RUNNING,
+                generation=generation,
+                attempts=F("attempts") + 1,
+                output="",
+                error="",
+                updated_at=timezone.now(),
+            )
+            started += 1
+    if started and job.status == JobStatus.QUEUED:
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, started_at=timezone.now())
+        job.status = JobStatus.RUNNING
+    if not started:
+        _finish_if_empty(job)
+    return started
+
+
+def _finish_if_empty(job: Job) -> None:
+    left = job.items.filter(status__in=[ItemStatus.PENDING, ItemStatus.RUNNING]).exists()
+    if not left and job.status in (*ACTIVE, JobStatus.PAUSED):
+        Job.objects.filter(pk=job.pk, status=job.status).update(
+            status=JobStatus.DONE, finished_at=timezone.now()
+        )
+
+
+def record(generation_id: int) -> int | None:
+    """Write a finished generation's outcome on its item, once. Returns the item's job
+    id (None if the generation is not a job's)."""
+    item = (
+        JobItem.objects.filter(generation_id=generation_id)
+        .values("pk", "job_id", "job__status")
+        .first()
+    )
+    if item is None:
+        return None
+    generation = (
+        Generation.objects.filter(pk=generation_id)
+        .values("status", "output", "error", "finish_reason")
+        .first()
+    )
+    if generation is None or generation["status"] not in FINISHED:
+        return int(item["job_id"])
+    changes = _outcome(dict(generation), job_status=item["job__status"])
+    now = timezone.now()
+    recorded = JobItem.objects.filter(
+        pk=item["pk"], generation_id=generation_id, status=ItemStatus.RUNNING
+    ).update(updated_at=now, **changes)
+    if recorded:
+        refresh_counts(item["job_id"])
+    return int(item["job_id"])
+
+
+def _outcome(generation: dict[str, Any], job_status: str) -> dict[str, Any]:
+    """The item's new fields for a finished generation."""
+    status = generation["status"]
+    now = timezone.now()
+    if status == Status.DONE:
+        return {
+            "status": ItemStatus.DONE,
+            "output": generation["output"],
+            "error": "",
+            "finished_at": now,
+        }
+    if status == Status.STOPPED:
+        if job_status == JobStatus.PAUSED:  # withdrawn by pause: runs again on resume
+            return {"status": ItemStatus.PENDING, "generation": None, "finished_at": None}
+        if job_status == JobStatus.CANCELLED:
+            return {"status": ItemStatus.CANCELLED, "finished_at": now}
+        return {
+            "status": ItemStatus.FAILED,
+            "error": "It was stopped before it finished.",
+            "finished_at": now,
+        }
+    if status == Status.BLOCKED:
+        message = generation["error"] or "The safety policy blocked it."
+    else:
+        message = generation["error"] or "The generation failed."
+    return {"status": ItemStatus.FAILED, "error": message, "finished_at": now}
+
+
+def refresh_counts(job_id: int) -> None:
+    counts = dict(
+        JobItem.objects.filter(job_id=job_id)
+        .values("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
+    )
+    Job.objects.filter(pk=job_id).update(
+        done_count=counts.get(ItemStatus.DONE, 0),
+        failed_count=counts.get(ItemStatus.FAILED, 0) + counts.get(ItemStatus.INVALID, 0),
+        cancelled_count=counts.get(ItemStatus.CANCELLED, 0),
+    )
+
+
+def on_generation_finished(generation_id: int, **_: Any) -> None:
+    """Receiver of `generation_finished`: record the item, then top the job up."""
+    job_id = record(generation_id)
+    if job_id is not None:
+        dispatch(job_id)
+
+
+def reconcile(job_id: int) -> None:
+    """Record every finished generation whose signal was missed, give items whose
+    generation was deleted another run, and top the job up."""
+    running = JobItem.objects.filter(job_id=job_id, status=ItemStatus.RUNNING)
+    orphans = running.filter(generation__isnull=True)
+    if orphans.exists():
+        orphans.update(status=ItemStatus.PENDING, updated_at=timezone.now())
+    finished = running.filter(generation__status__in=FINISHED).values_list(
+        "generation_id", flat=True
+    )
+    for generation_id in list(finished):
+        record(generation_id)
+    dispatch(job_id)
+
+
+def pause(job: Job) -> None:
+    """No new items are dispatched; generations still waiting in the queue are withdrawn
+    (their items run again on resume); running ones finish and are recorded."""
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status__in=ACTIVE).update(status=JobStatus.PAUSED)
+    if not updated:
+        raise JobStateError("Only a queued or running job can be paused.")
+    waiting = JobItem.objects.filter(
+        job_id=job.pk, status=ItemStatus.RUNNING, generation__status=Status.QUEUED
+    ).values_list("generation_id", flat=True)
+    for generation_id in list(waiting):
+        inference.stop(generation_id)
+
+
+def resume(job: Job) -> None:
+    started = Job.objects.filter(pk=job.pk, started_at__isnull=False)
+    resumed = started.filter(status=JobStatus.PAUSED).update(status=JobStatus.RUNNING)
+    resumed += Job.objects.filter(
+        pk=job.pk, status=JobStatus.PAUSED, started_at__isnull=True
+    ).update(status=JobStatus.QUEUED)
+    if not resumed:
+        raise JobStateError("Only a paused job can be resumed.")
+    reconcile(job.pk)
+
+
+def cancel(job: Job) -> None:
+    """Items not yet finished are cancelled: pending ones at once, queued and running
+    generations are stopped (results that finish meanwhile are kept)."""
+    now = timezone.now()
+    updated = Job.objects.filter(pk=job.pk, status__in=[*ACTIVE, JobStatus.PAUSED]).update(
+        status=JobStatus.CANCELLED, finished_at=now
+    )
+    if not updated:
+        raise JobStateError("This job has already ended.")
+    JobItem.objects.filter(job_id=job.pk, status=ItemStatus.PENDING).update(
+        status=ItemStatus.CANCELLED, finished_at=now, updated_at=now
+    )
+    live = JobItem.objects.filter(job_id=job.pk, status=ItemStatus.RUNNING).values_list(
+        "generation_id", flat=True
+    )
+    for generation_id in list(live):
+        if generation_id is not None:
+            inference.stop(generation_id)
+    reconcile(job.pk)
+    refresh_counts(job.pk)
+
+
+def retry_failed(job: Job) -> int:
+    """Failed items (not unreadable inputs) run again with a new generation. Returns
+    how many."""
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if locked.status == JobStatus.CANCELLED:
+            raise JobStateError("A cancelled job cannot be retried.")
+        count = JobItem.objects.filter(job_id=job.pk, status=ItemStatus.FAILED).update(
+            status=ItemStatus.PENDING,
+            generation=None,
+            error="",
+            output="",
+            finished_at=None,
+            updated_at=timezone.now(),
+        )
+        if count and locked.status == JobStatus.DONE:
+            Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, finished_at=None)
+    refresh_counts(job.pk)
+    dispatch(job.pk)
+    return count
+
+
+@dataclass(frozen=True)
+class Progress:
+    job: int
+    status: str
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    running: int
+    percent: int
+    per_minute: float | None  # items finished per minute, recently
+    eta_seconds: float | None
+
+    def as_event(self) -> dict[str, Any]:
+        return {"type": "progress", **self.__dict__}
+
+
+def progress(job_id: int) -> Progress:
+    job = Job.objects.get(pk=job_id)
+    running = job.items.filter(status=ItemStatus.RUNNING).count()
+    finished = job.finished_items
+    now = timezone.now()
+    per_second: float | None = None
+    if job.started_at is not None:
+        if job.status in ACTIVE:
+            since = max(job.started_at, now - THROUGHPUT_WINDOW)
+            recent = job.items.filter(finished_at__gte=since).exclude(status=ItemStatus.CANCELLED)
+            seconds = (now - since).total_seconds()
+            per_second = recent.count() / seconds if seconds >= 1 else None
+        else:
+            end = job.finished_at or now
+            seconds = (end - job.started_at).total_seconds()
+            per_second = (job.done_count + job.failed_count) / seconds if seconds > 0 else None
+    remaining = job.total - finished
+    eta = None
+    if job.status in ACTIVE and per_second:
+        eta = round(remaining / per_second, 1)
+    return Progress(
+        job=job.pk,
+        status=job.status,
+        total=job.total,
+        done=job.done_count,
+        failed=job.failed_count,
+        cancelled=job.cancelled_count,
+        running=running,
+        percent=job.percent,
+        per_minute=round(per_second * 60, 1) if per_second else None,
+        eta_seconds=eta,
+    )

@@ -1,0 +1,109 @@
+"""Writes of the jobs app: keep an upload between the form's two steps, create a job from
+a parsed file, find a user's own jobs. The engine (engine.py) runs them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.accounts.models import User
+from webapp.catalog.models import ModelEntry
+from webapp.jobs import engine, inputs
+from webapp.jobs.models import ItemStatus, Job, JobItem, JobTask, Upload
+
+UPLOAD_RETENTION = timedelta(days=1)
+LENGTHS = ("short", "medium", "long")
+
+
+class NotAllowed(Exception):
+    """This user may not start jobs (e.g. an account pending approval)."""
+
+
+def limits() -> inputs.Limits:
+    return inputs.Limits(
+        max_upload_bytes=settings.ATELIER_JOB_MAX_UPLOAD_BYTES,
+        max_items=settings.ATELIER_JOB_MAX_ITEMS,
+        max_item_chars=settings.ATELIER_JOB_MAX_ITEM_CHARS,
+        zip_max_uncompressed_bytes=settings.ATELIER_JOB_ZIP_MAX_UNCOMPRESSED_BYTES,
+        zip_max_ratio=settings.ATELIER_JOB_ZIP_MAX_RATIO,
+    )
+
+
+def job_for(user: User, job_id: int) -> Job | None:
+    """The job if it is this user's; None otherwise (never another user's)."""
+    return Job.objects.filter(pk=job_id, user=user).select_related("model").first()
+
+
+def keep_upload(user: User, name: str, task: str, data: bytes) -> Upload:
+    """Store a checked upload for the form's second step; forget old ones."""
+    Upload.objects.filter(created_at__lt=timezone.now() - UPLOAD_RETENTION).delete()
+    return Upload.objects.create(user=user, name=name, task=task, data=data)
+
+
+def upload_for(user: User, upload_id: int) -> Upload | None:
+    return Upload.objects.filter(pk=upload_id, user=user).first()
+
+
+def options_for(
+    task: str, *, length: str = "short", target: str = "", source: str = ""
+) -> dict[str, Any]:
+    if task == JobTask.TRANSLATE:
+        if not target:
+            raise ValueError("Choose the language to translate into.")
+        return {"target": target, "source": source}
+    if length not in LENGTHS:
+        raise ValueError(f"Unknown summary length {length!r}; choose one of {', '.join(LENGTHS)}.")
+    return {"length": length}
+
+
+def create_job(
+    *,
+    user: User,
+    model: ModelEntry,
+    task: str,
+    options: dict[str, Any],
+    source_name: str,
+    parsed: inputs.Parsed,
+) -> Job:
+    """Store the job and its items (unreadable inputs as invalid items, with their error)
+    and dispatch the first ones."""
+    if not user.can_generate:
+        raise NotAllowed(user.why_cannot_generate)
+    if model.task != task:
+        raise ValueError(f"{model.name} is a {model.task} model, not a {task} model.")
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.create(
+            user=user,
+            model=model,
+            model_name=model.name,
+            task=task,
+            options=options,
+            source_name=source_name[:255],
+            source_format=parsed.format,
+            total=len(parsed.documents),
+            skipped_empty=parsed.skipped_empty,
+        )
+        JobItem.objects.bulk_create(
+            [
+                JobItem(
+                    job=job,
+                    index=document.index,
+                    external_id=document.external_id[:500],
+                    text=document.text,
+                    status=ItemStatus.INVALID if document.error else ItemStatus.PENDING,
+                    error=document.error,
+                    finished_at=now if document.error else None,
+                )
+                for document in parsed.documents
+            ],
+            batch_size=1000,
+        )
+        engine.refresh_counts(job.pk)
+        engine.dispatch(job.pk)
+    job.refresh_from_db()
+    return job
