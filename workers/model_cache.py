@@ -1,4 +1,9 @@
-"""Models loaded once per worker process and kept, least recently used evicted first."""
+"""Models loaded once per worker process and kept, least recently used evicted first.
+
+Catalog entries that load the same weights the same way share one loaded copy: e.g. the
+starter chat model also registered as the summarizer and the translator is held once. The
+copy handed out carries the entry's own spec, so messages name the entry that was asked for.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,56 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 
 from django.conf import settings
 
-from generation.loading import LoadedModel, load_causal_lm
+from generation.loading import LoadedModel, load_model
+from generation.rnn.loading import LoadedRNN, load_rnn
+from generation.specs import Backend, ModelSpec, Task
 from webapp.catalog.models import ModelEntry
 
 log = logging.getLogger(__name__)
 
+Loaded = LoadedModel | LoadedRNN
+
+# Tasks whose models load the same way (a language model and its tokenizer).
+_TEXT_TASKS = (Task.CHAT, Task.SUMMARIZE, Task.TRANSLATE, Task.MODERATION)
+
 _lock = threading.Lock()
-_loaded: OrderedDict[tuple[int, str], LoadedModel] = OrderedDict()
+_loaded: OrderedDict[tuple[str, ...], Loaded] = OrderedDict()
 
 
-def get_model(entry: ModelEntry) -> LoadedModel:
-    """The loaded model for a catalog entry; reloaded when the entry was edited."""
-    key = (entry.pk, entry.updated_at.isoformat())
+def _load_key(spec: ModelSpec) -> tuple[str, ...]:
+    family = "text" if spec.task in _TEXT_TASKS else spec.task.value
+    return (family, spec.backend, spec.source, spec.quantization, spec.device)
+
+
+def _load(spec: ModelSpec) -> Loaded:
+    if spec.backend is Backend.RNN:
+        return load_rnn(spec)
+    return load_model(spec)
+
+
+def get_model(entry: ModelEntry) -> Loaded:
+    """The loaded model for a catalog entry; loaded again when the entry's source,
+    backend, quantization or device changed."""
+    spec = entry.spec()
+    key = _load_key(spec)
     with _lock:
-        if key in _loaded:
+        loaded = _loaded.get(key)
+        if loaded is None:
+            while len(_loaded) >= max(1, settings.ATELIER_WORKER_MAX_MODELS):
+                evicted, _ = _loaded.popitem(last=False)
+                log.info("evicting model %s to make room", evicted[2])
+            gc.collect()
+            loaded = _load(spec)
+            _loaded[key] = loaded
+        else:
             _loaded.move_to_end(key)
-            return _loaded[key]
-        for stale in [k for k in _loaded if k[0] == entry.pk]:
-            del _loaded[stale]
-        while len(_loaded) >= max(1, settings.ATELIER_WORKER_MAX_MODELS):
-            evicted, _ = _loaded.popitem(last=False)
-            log.info("evicting model entry %s to make room", evicted[0])
-        gc.collect()
-        loaded = load_causal_lm(entry.spec())
-        _loaded[key] = loaded
+    if loaded.spec == spec:
         return loaded
+    return replace(loaded, spec=spec)  # the same weights, named after this entry
 
 
 def clear() -> None:

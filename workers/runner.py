@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
-from generation.prompts import build_chat_input
-from generation.specs import GenerationError, ModelLoadError, SamplingParams, Task
-from generation.streaming import TokenStream
+import torch
+
+from generation.specs import GenerationError, ModelLoadError, Task
 from webapp.catalog import services as catalog
 from webapp.chat import titles
 from webapp.inference import services, streams
 from webapp.inference.events import Usage
 from webapp.inference.models import Generation, Status
-from workers import heartbeat, model_cache
+from workers import handlers, heartbeat, model_cache
 
 log = logging.getLogger(__name__)
 
@@ -68,46 +67,43 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
     if entry.last_error or entry.last_loaded_at is None:
         catalog.record_loaded(entry.pk)
 
+    first_piece = True
+
+    def on_text(piece: str) -> None:
+        nonlocal first_piece
+        if first_piece:
+            services.mark_first_token(generation_id)
+            first_piece = False
+        writer.add(piece)
+
     try:
-        params = SamplingParams.from_dict(generation.params)
-        # Keep room for the reply (up to half the context), then shorten the reply to
-        # what fits after the prompt rather than refusing a long max_tokens.
-        context = loaded.context_length
-        reserve = min(params.max_new_tokens, context // 2)
-        prompt_ids = build_chat_input(
-            loaded.tokenizer,
-            generation.input["messages"],
-            system=generation.input.get("system", ""),
-            max_prompt_tokens=context - reserve,
-            model_name=entry.name,
-        )
-        fits = context - len(prompt_ids)
-        if params.max_new_tokens > fits:
-            params = replace(params, max_new_tokens=fits)
-        stream = TokenStream(
-            loaded, prompt_ids, params, should_stop=lambda: streams.stop_requested(generation_id)
-        )
-        first_piece = True
-
-        def on_text(piece: str) -> None:
-            nonlocal first_piece
-            if first_piece:
-                services.mark_first_token(generation_id)
-                first_piece = False
-            writer.add(piece)
-
-        stream.run(on_text)
+        handle = handlers.handler_for(generation.task)
+        outcome = handle(generation, loaded, on_text, lambda: streams.stop_requested(generation_id))
     except (GenerationError, ValueError) as exc:  # the request cannot run on this model
-        _fail(writer, generation_id, str(exc))
+        _fail(writer, generation_id, str(exc), partial=writer.text)
+        return
+    except (torch.OutOfMemoryError, MemoryError):
+        # Free what this worker holds so the next request (maybe for a smaller model) can
+        # run; this one fails with a message that names the model.
+        log.exception("generation %s: out of memory", generation_id)
+        model_cache.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        message = (
+            f"model {entry.name!r} ran out of memory on this request; try a shorter input "
+            "or fewer new tokens, or ask an admin to choose a smaller quantization"
+        )
+        _fail(writer, generation_id, message, partial=writer.text)
         return
 
-    stats = stream.stats
+    stats = outcome.stats
     status = Status.STOPPED if stats.finish_reason == "stopped" else Status.DONE
     writer.flush()
     recorded = services.finish(
         generation_id,
         status=status,
-        output=writer.text,
+        output=writer.text if outcome.output is None else outcome.output,
+        result=outcome.result,
         finish_reason=stats.finish_reason,
         prompt_tokens=stats.prompt_tokens,
         completion_tokens=stats.completion_tokens,
@@ -120,6 +116,7 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
         status,
         finish_reason=stats.finish_reason,
         usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens),
+        result=outcome.result,
     )
     _after(generation_id)
 

@@ -11,7 +11,7 @@ import re
 
 from django.db import transaction
 
-from generation.specs import SamplingParams
+from generation.specs import Backend, SamplingParams
 from webapp.chat.models import Conversation, Message, Role, TitleSource
 from webapp.inference import services as inference
 from webapp.inference.models import Generation, Priority, Status
@@ -29,6 +29,8 @@ def request_title(reply: Generation) -> Generation | None:
     """After the first reply of a conversation is done, queue a title request for it."""
     if reply.status != Status.DONE or reply.model is None:
         return None
+    if reply.model.backend == Backend.RNN:
+        return None  # a character-level RNN continues text; it cannot write a title
     message = Message.objects.select_related("conversation", "parent").filter(generation=reply)
     found = message.first()
     if found is None or found.parent is None or found.parent.parent_id is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 
 class Usage(TypedDict):
@@ -32,6 +32,7 @@ class DoneEvent(TypedDict):
     finish_reason: str
     error: str
     usage: Usage
+    result: NotRequired[dict[str, Any]]  # structured output (e.g. an image's labels)
     # Added by the web process when relaying: the final text and its sanitized HTML.
     text: NotRequired[str]
     html: NotRequired[str]

@@ -141,21 +141,34 @@ class StreamWriter:
         self._last_flush = time.monotonic()
 
     def done(
-        self, status: str, *, finish_reason: str = "", error: str = "", usage: Usage | None = None
+        self,
+        status: str,
+        *,
+        finish_reason: str = "",
+        error: str = "",
+        usage: Usage | None = None,
+        result: dict[str, Any] | None = None,
     ) -> None:
         self.flush()
-        self._append(
-            DoneEvent(
-                type="done",
-                generation=self.generation_id,
-                seq=self._next_seq(),
-                status=status,
-                finish_reason=finish_reason,
-                error=error,
-                usage=usage or Usage(prompt_tokens=0, completion_tokens=0),
-            )
+        event = DoneEvent(
+            type="done",
+            generation=self.generation_id,
+            seq=self._next_seq(),
+            status=status,
+            finish_reason=finish_reason,
+            error=error,
+            usage=usage or Usage(prompt_tokens=0, completion_tokens=0),
         )
+        if result is not None:
+            event["result"] = result
+        self._append(event)
         self.client.expire(self.key, settings.ATELIER_STREAM_RETENTION_SECONDS)
+
+
+def read_all(generation_id: int) -> list[StreamEvent]:
+    """Every event the generation's stream holds now (for scripts and tests)."""
+    entries: Any = sync_redis().xrange(stream_key(generation_id))
+    return [_decode(fields) for _, fields in entries]
 
 
 def _decode(fields: dict[Any, Any]) -> StreamEvent:

@@ -1,0 +1,224 @@
+"""Every task runs from the worker through the same Generation road as chat: a queued
+Generation, claimed by `run_next`, streamed to Redis, finished in the database. Real tiny
+models of each family, loaded through the catalog and the worker's model cache."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from generation.rnn.loading import save_rnn_folder
+from generation.rnn.model import CharRNN, RNNConfig
+from generation.rnn.vocab import CharVocab
+from generation.specs import SamplingParams
+from generation.tiny_models import (
+    IMAGE_LABELS,
+    build_tiny_bart,
+    build_tiny_bert,
+    build_tiny_marian,
+    build_tiny_t5,
+    build_tiny_vit,
+)
+from tests.conftest import DIRECT_QUEUE
+from webapp.catalog.models import ModelEntry
+from webapp.inference import services, streams, uploads
+from webapp.inference.models import Generation, Status
+from workers import model_cache
+from workers.runner import run_next
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path: Path) -> Any:
+    model_cache.clear()
+    settings.UPLOADS_DIR = tmp_path / "uploads"
+    yield
+    model_cache.clear()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("task-models")
+    vocab = CharVocab.build("To be, or not to be: that is the question.\n")
+    rnn = CharRNN(RNNConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=16))
+    return {
+        "t5": build_tiny_t5(root / "t5"),
+        "bart": build_tiny_bart(root / "bart"),
+        "marian": build_tiny_marian(root / "marian", "en", "de"),
+        "vit": build_tiny_vit(root / "vit"),
+        "bert": build_tiny_bert(root / "bert"),
+        "rnn": save_rnn_folder(root / "rnn", rnn.eval(), vocab),
+    }
+
+
+def entry(name: str, task: str, source: Path | str, **fields: Any) -> ModelEntry:
+    return ModelEntry.objects.create(
+        name=name, task=task, source=str(source), queue=DIRECT_QUEUE, **fields
+    )
+
+
+def run(
+    user: Any, model: ModelEntry, task: str, input: dict[str, Any], **params: Any
+) -> Generation:
+    generation = services.create_generation(
+        user=user, model=model, task=task, input=input, params=params
+    )
+    assert run_next(DIRECT_QUEUE) == generation.pk
+    generation.refresh_from_db()
+    return generation
+
+
+def streamed(generation: Generation) -> tuple[str, dict[str, Any]]:
+    """The text the generation's stream carried, and its done event."""
+    events = streams.read_all(generation.pk)
+    text = "".join(e["text"] for e in events if e["type"] == "token")
+    [done] = [e for e in events if e["type"] == "done"]
+    return text, dict(done)
+
+
+LONG_TEXT = " ".join(
+    f"Paragraph {i} says the river rose by {i} centimetres on day {i}." for i in range(60)
+)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_a_summary_streams_from_a_seq2seq_model(
+    alice: Any, folders: dict[str, Path], family: str
+) -> None:
+    model = entry(f"tiny-{family}", "summarize", folders[family])
+    generation = run(alice, model, "summarize", {"text": LONG_TEXT, "length": "short"})
+    assert generation.status == Status.DONE, generation.error
+    text, done = streamed(generation)
+    assert generation.output == text and text
+    assert done["status"] == "done" and done["result"]["length"] == "short"
+    assert generation.result["model_calls"] >= 1  # type: ignore[index]
+    assert generation.completion_tokens > 0 and generation.first_token_at is not None
+
+
+def test_a_long_text_is_summarized_map_reduce_by_a_chat_model(
+    alice: Any, endless_llama_dir: Path
+) -> None:
+    model = entry("tiny-llama-summarizer", "summarize", endless_llama_dir)
+    generation = run(alice, model, "summarize", {"text": LONG_TEXT * 4, "length": "short"})
+    assert generation.status == Status.DONE, generation.error
+    assert generation.result["model_calls"] > 1  # type: ignore[index]  # map steps, then the final
+    assert generation.output == streamed(generation)[0] != ""
+
+
+def test_a_translation_streams_and_records_the_detected_language(
+    alice: Any, folders: dict[str, Path]
+) -> None:
+    model = entry("tiny-marian", "translate", folders["marian"])
+    text = "The weather is lovely today and we are going for a long walk by the sea."
+    generation = run(alice, model, "translate", {"text": text, "target": "de"})
+    assert generation.status == Status.DONE, generation.error
+    assert generation.result == {"source": "en", "target": "de", "detected": True}
+    assert generation.output == streamed(generation)[0] != ""
+
+
+def test_an_unsupported_pair_fails_with_the_pairs_the_model_supports(
+    alice: Any, folders: dict[str, Path]
+) -> None:
+    model = entry("tiny-marian", "translate", folders["marian"])
+    generation = run(alice, model, "translate", {"text": "Bonjour", "source": "fr", "target": "de"})
+    assert generation.status == Status.FAILED
+    assert "en" in generation.error and "de" in generation.error
+    assert streamed(generation)[1]["error"] == generation.error
+
+
+def png(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_uploaded_image_gets_its_top_labels(alice: Any, folders: dict[str, Path]) -> None:
+    model = entry("tiny-vit", "classify_image", folders["vit"])
+    path = uploads.save_image(alice.pk, png())
+    generation = run(alice, model, "classify_image", {"image": path, "top_k": 3})
+    assert generation.status == Status.DONE, generation.error
+    labels = generation.result["labels"]  # type: ignore[index]
+    assert len(labels) == 3 and {item["label"] for item in labels} <= set(IMAGE_LABELS)
+    scores = [item["score"] for item in labels]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+    assert streamed(generation)[1]["result"] == generation.result
+    assert generation.output.splitlines()[0].startswith(labels[0]["label"] + ": ")
+
+
+def test_image_inputs_that_cannot_be_used_fail_clearly(
+    alice: Any, folders: dict[str, Path]
+) -> None:
+    model = entry("tiny-vit", "classify_image", folders["vit"])
+    with pytest.raises(uploads.UploadError, match="not an image"):
+        uploads.save_image(alice.pk, b"%PDF-1.7 not an image")
+    outside = run(alice, model, "classify_image", {"image": "../../etc/passwd"})
+    assert outside.status == Status.FAILED and "path is not valid" in outside.error
+    gone = run(alice, model, "classify_image", {"image": f"{alice.pk}/missing.png"})
+    assert gone.status == Status.FAILED and "no longer there" in gone.error
+    path = uploads.save_image(alice.pk, png()[:60])  # a truncated PNG
+    truncated = run(alice, model, "classify_image", {"image": path})
+    assert truncated.status == Status.FAILED and "image" in truncated.error.lower()
+    too_many = run(alice, model, "classify_image", {"image": path, "top_k": 500})
+    assert too_many.status == Status.FAILED and "top_k" in too_many.error
+
+
+def test_embeddings_are_stored_as_the_result(alice: Any, folders: dict[str, Path]) -> None:
+    model = entry("tiny-bert", "embed", folders["bert"])
+    generation = run(alice, model, "embed", {"texts": ["a cat", "a dog", "a cat"]})
+    assert generation.status == Status.DONE, generation.error
+    vectors = generation.result["embeddings"]  # type: ignore[index]
+    assert len(vectors) == 3 and vectors[0] == pytest.approx(vectors[2])
+    assert sum(x * x for x in vectors[0]) == pytest.approx(1.0, abs=1e-4)  # L2-normalised
+
+
+def test_the_rnn_answers_in_chat_by_continuing_the_message(
+    alice: Any, folders: dict[str, Path]
+) -> None:
+    model = entry("tiny-rnn", "chat", folders["rnn"], backend="rnn", quantization="int8_dynamic")
+    messages = [{"role": "user", "content": "To be, or not"}]
+    generation = run(
+        alice, model, "chat", {"system": "", "messages": messages},
+        **SamplingParams(temperature=0.8, max_new_tokens=24, seed=3).to_dict(),
+    )  # fmt: skip
+    assert generation.status == Status.DONE, generation.error
+    assert len(generation.output) == 24 and generation.finish_reason == "length"
+    assert generation.output == streamed(generation)[0]
+    assert set(generation.output) <= set("To be, or not to be: that is the question.\n")
+
+
+def test_an_rnn_cannot_summarize_and_says_so(alice: Any, folders: dict[str, Path]) -> None:
+    model = entry("tiny-rnn-summary", "summarize", folders["rnn"], backend="rnn")
+    generation = run(alice, model, "summarize", {"text": LONG_TEXT})
+    assert generation.status == Status.FAILED
+    assert "'tiny-rnn-summary' is a character-level RNN, which cannot summarize" in generation.error
+
+
+def test_entries_with_the_same_weights_share_one_loaded_model(
+    alice: Any, chat_model: ModelEntry
+) -> None:
+    summarizer = entry("tiny-llama-as-summarizer", "summarize", chat_model.source)
+    first = model_cache.get_model(chat_model)
+    second = model_cache.get_model(summarizer)
+    assert second.model is first.model  # loaded once
+    assert (first.spec.name, second.spec.name) == ("tiny-llama", "tiny-llama-as-summarizer")
+    summarizer.quantization = "int8_dynamic"
+    summarizer.save()
+    assert model_cache.get_model(summarizer).model is not first.model  # loaded its own way
+
+
+def test_bad_task_input_fails_the_generation_with_a_clear_message(
+    alice: Any, folders: dict[str, Path]
+) -> None:
+    model = entry("tiny-bart", "summarize", folders["bart"])
+    generation = run(alice, model, "summarize", {"text": LONG_TEXT, "length": "epic"})
+    assert generation.status == Status.FAILED
+    assert generation.error == "length must be one of short, medium, long, not 'epic'"
+    empty = run(alice, model, "summarize", {"text": "   "})
+    assert empty.status == Status.FAILED and empty.error == "there is no text to summarize"

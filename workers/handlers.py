@@ -1,0 +1,191 @@
+"""What each task does with a loaded model: the part of running a Generation that differs
+between chat, summaries, translations, image labels and embeddings.
+
+A handler reads the generation's stored input and parameters, calls `generation/`, hands
+text to `on_text` as it is produced (so every text task streams like chat), and returns an
+Outcome. It raises GenerationError or ValueError for a request the model cannot serve; the
+message is shown to the user as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from django.conf import settings
+
+from generation.embeddings import embed
+from generation.loading import LoadedModel
+from generation.prompts import build_chat_input
+from generation.rnn.loading import LoadedRNN
+from generation.rnn.prompts import chat_to_prompt
+from generation.rnn.streaming import RNNStream
+from generation.specs import GenerationError, SamplingParams, Task
+from generation.streaming import StreamStats, TokenStream
+from generation.summarize import SummaryLength, SummaryStream
+from generation.translate import TranslationStream
+from generation.vision import ImageLimits, classify_image
+from webapp.inference import uploads
+from webapp.inference.models import Generation
+
+OnText = Callable[[str], None]
+ShouldStop = Callable[[], bool]
+
+TITLE_TASK = "chat_title"  # webapp.chat.titles.TITLE_TASK: a chat request at background priority
+MAX_TOP_K = 20
+MAX_EMBED_TEXTS = 256
+
+
+@dataclass
+class Outcome:
+    stats: StreamStats
+    result: dict[str, Any] | None = None  # structured output, stored on Generation.result
+    output: str | None = None  # the text to store, when it is not what was streamed
+
+
+def _params(generation: Generation, default: SamplingParams | None = None) -> SamplingParams:
+    if not generation.params and default is not None:
+        return default
+    return SamplingParams.from_dict(generation.params)
+
+
+def _text_input(generation: Generation) -> str:
+    text = generation.input.get("text")
+    if not isinstance(text, str):
+        raise GenerationError("the request has no text")
+    return text
+
+
+def _require_transformers(loaded: LoadedModel | LoadedRNN, what: str) -> LoadedModel:
+    if isinstance(loaded, LoadedRNN):
+        raise GenerationError(
+            f"model {loaded.spec.name!r} is a character-level RNN, which cannot {what}; "
+            "choose a transformers model"
+        )
+    return loaded
+
+
+def chat(
+    generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
+) -> Outcome:
+    params = _params(generation)
+    messages = generation.input["messages"]
+    if isinstance(loaded, LoadedRNN):
+        prompt = loaded.vocab.encode(chat_to_prompt(messages))
+        rnn = RNNStream(loaded, prompt, params, should_stop=stop)
+        return Outcome(rnn.run(on_text))
+    # Keep room for the reply (up to half the context), then shorten the reply to what
+    # fits after the prompt rather than refusing a long max_tokens.
+    context = loaded.context_length
+    reserve = min(params.max_new_tokens, context // 2)
+    prompt_ids = build_chat_input(
+        loaded.tokenizer,
+        messages,
+        system=generation.input.get("system", ""),
+        max_prompt_tokens=context - reserve,
+        model_name=loaded.spec.name,
+    )
+    fits = context - len(prompt_ids)
+    if params.max_new_tokens > fits:
+        params = replace(params, max_new_tokens=fits)
+    stream = TokenStream(loaded, prompt_ids, params, should_stop=stop)
+    return Outcome(stream.run(on_text))
+
+
+def summarize(
+    generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
+) -> Outcome:
+    model = _require_transformers(loaded, "summarize")
+    length = generation.input.get("length") or SummaryLength.MEDIUM
+    if length not in tuple(SummaryLength):
+        raise ValueError(f"length must be one of {', '.join(SummaryLength)}, not {length!r}")
+    stream = SummaryStream(
+        model,
+        _text_input(generation),
+        length=length,
+        params=_params(generation, SamplingParams(temperature=0.0)),
+        should_stop=stop,
+    )
+    stats = stream.run(on_text)
+    return Outcome(stats, result={"length": str(length), "model_calls": stream.calls})
+
+
+def translate(
+    generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
+) -> Outcome:
+    model = _require_transformers(loaded, "translate")
+    target = generation.input.get("target")
+    if not isinstance(target, str) or not target:
+        raise GenerationError("the request names no target language")
+    source = generation.input.get("source") or None
+    stream = TranslationStream(
+        model,
+        _text_input(generation),
+        target=target,
+        source=source,
+        params=_params(generation, SamplingParams(temperature=0.0)),
+        should_stop=stop,
+    )
+    stats = stream.run(on_text)
+    result = {"source": stream.source, "target": stream.target, "detected": stream.detected}
+    return Outcome(stats, result=result)
+
+
+def classify(
+    generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
+) -> Outcome:
+    model = _require_transformers(loaded, "classify images")
+    top_k = generation.input.get("top_k", 5)
+    if not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k must be a whole number from 1 to {MAX_TOP_K}")
+    path = generation.input.get("image")
+    if not isinstance(path, str):
+        raise GenerationError("the request has no image")
+    try:
+        data = uploads.read(path)
+    except uploads.UploadError as exc:
+        raise GenerationError(str(exc)) from None
+    labels = classify_image(
+        model, data, top_k=top_k, limits=ImageLimits(max_bytes=settings.ATELIER_MAX_IMAGE_BYTES)
+    )
+    text = "\n".join(f"{item.label}: {item.score:.1%}" for item in labels)
+    on_text(text)
+    stats = StreamStats(prompt_tokens=0, completion_tokens=0, finish_reason="done")
+    return Outcome(stats, result={"labels": [item.to_dict() for item in labels]}, output=text)
+
+
+def embeddings(
+    generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
+) -> Outcome:
+    model = _require_transformers(loaded, "embed text")
+    texts = generation.input.get("texts")
+    if (
+        not isinstance(texts, list)
+        or not texts
+        or len(texts) > MAX_EMBED_TEXTS
+        or not all(isinstance(t, str) for t in texts)
+    ):
+        raise ValueError(f"texts must be a list of 1 to {MAX_EMBED_TEXTS} strings")
+    vectors = embed(model, texts)
+    stats = StreamStats(prompt_tokens=0, completion_tokens=0, finish_reason="done")
+    return Outcome(stats, result={"embeddings": vectors.tolist()}, output="")
+
+
+Handler = Callable[[Generation, LoadedModel | LoadedRNN, OnText, ShouldStop], Outcome]
+
+HANDLERS: dict[str, Handler] = {
+    Task.CHAT: chat,
+    TITLE_TASK: chat,
+    Task.SUMMARIZE: summarize,
+    Task.TRANSLATE: translate,
+    Task.CLASSIFY_IMAGE: classify,
+    Task.EMBED: embeddings,
+}
+
+
+def handler_for(task: str) -> Handler:
+    try:
+        return HANDLERS[task]
+    except KeyError:
+        raise GenerationError(f"this worker cannot run {task!r} requests") from None
