@@ -13,5 +13,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("webapp.accounts.urls")),
     path("chat/", include("webapp.chat.urls")),
+    path("jobs/", include("webapp.jobs.urls")),
+    path("moderation/", include("webapp.moderation.urls")),
     path("healthz", healthz),
 ]
