@@ -11,13 +11,14 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from webapp.chat.routing import websocket_urlpatterns  # noqa: E402
+from webapp.chat.routing import websocket_urlpatterns as chat_websockets  # noqa: E402
+from webapp.jobs.routing import websocket_urlpatterns as job_websockets  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            AuthMiddlewareStack(URLRouter(chat_websockets + job_websockets))
         ),
     }
 )

@@ -53,8 +53,8 @@ def dispatch(job_id: int) -> int:
     """Top up the job's generations in flight to the bound; mark the job done when
     nothing is left. Returns how many generations were created."""
     with transaction.atomic():
-        job = Job.objects.select_for_update().select_related("model", "user").filter(pk=job_id)
-        found = job.first()
+        job = Job.objects.select_for_update(of=("self",)).select_related("model", "user")
+        found = job.filter(pk=job_id).first()
         if found is None or found.status not in ACTIVE:
             if found is not None and found.status == JobStatus.PAUSED:
                 _finish_if_empty(found)
@@ -284,6 +284,7 @@ class Progress:
     failed: int
     cancelled: int
     running: int
+    retryable: int  # failed items that can run again (unreadable inputs cannot)
     percent: int
     per_minute: float | None  # items finished per minute, recently
     eta_seconds: float | None
@@ -295,6 +296,7 @@ class Progress:
 def progress(job_id: int) -> Progress:
     job = Job.objects.get(pk=job_id)
     running = job.items.filter(status=ItemStatus.RUNNING).count()
+    retryable = job.items.filter(status=ItemStatus.FAILED).count()
     finished = job.finished_items
     now = timezone.now()
     per_second: float | None = None
@@ -320,6 +322,7 @@ def progress(job_id: int) -> Progress:
         failed=job.failed_count,
         cancelled=job.cancelled_count,
         running=running,
+        retryable=retryable,
         percent=job.percent,
         per_minute=round(per_second * 60, 1) if per_second else None,
         eta_seconds=eta,
