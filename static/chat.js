@@ -128,7 +128,8 @@
     return true;
   }
 
-  function onAccepted(event) {
+  // The conversation a new exchange started: adopt its id, URL and sidebar entry.
+  function adoptConversation(event) {
     if (event.created_conversation) {
       conversationId = event.conversation;
       history.replaceState(null, "", "/chat/" + event.conversation + "/");
@@ -143,6 +144,29 @@
       li.appendChild(a);
       list.prepend(li);
     }
+  }
+
+  // The message was stored but blocked by the content policy: no reply comes.
+  function onBlocked(event) {
+    adoptConversation(event);
+    if (!pending) return;
+    const reply = pending.reply;
+    messages.querySelectorAll(".hidden-while-pending").forEach((el) => el.remove());
+    const user = reply.previousElementSibling;
+    reply.remove();
+    if (user && user.classList.contains("user")) {
+      user.dataset.message = event.user_message;
+      user.classList.add("blocked");
+      user.dataset.category = event.category;
+      setTools(user, event.branches[event.user_message]);
+      note(user, event.message, true);
+    }
+    pending = null;
+    if (live.size === 0) setBusy(false);
+  }
+
+  function onAccepted(event) {
+    adoptConversation(event);
     if (!pending) return;
     const reply = pending.reply;
     messages.querySelectorAll(".hidden-while-pending").forEach((el) => el.remove());
@@ -160,6 +184,7 @@
 
   function onEvent(event) {
     if (event.type === "accepted") return onAccepted(event);
+    if (event.type === "blocked") return onBlocked(event);
     if (event.type === "error") {
       showError(event.message);
       if (pending) {

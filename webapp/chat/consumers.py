@@ -71,6 +71,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.handle_stop(message)
         except ProtocolError as exc:
             await self.send_error(exc.code, exc.message)
+        except services.Suspended as exc:
+            await self.send_error("suspended", str(exc))
         except services.NotAllowed as exc:
             await self.send_error("not_allowed", str(exc))
         except inference.LimitReached as exc:
@@ -89,14 +91,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "error", "code": code, "message": message})
 
     async def handle_send(self, message: SendMessage) -> None:
-        posted = await database_sync_to_async(services.post_message)(
-            self.user,
-            content=message.content,
-            conversation_id=message.conversation,
-            model_id=message.model,
-            system=message.system,
-            params=message.params,
-        )
+        try:
+            posted = await database_sync_to_async(services.post_message)(
+                self.user,
+                content=message.content,
+                conversation_id=message.conversation,
+                model_id=message.model,
+                system=message.system,
+                params=message.params,
+            )
+        except services.InputBlocked as blocked:
+            await self.blocked("message", blocked)
+            return
         await self.accepted("message", posted)
 
     async def handle_regenerate(self, message: Regenerate) -> None:
@@ -106,15 +112,40 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accepted("regenerate", posted)
 
     async def handle_edit(self, message: Edit) -> None:
-        posted = await database_sync_to_async(services.edit)(
-            self.user,
-            message_id=message.message,
-            content=message.content,
-            model_id=message.model,
-            system=message.system,
-            params=message.params,
-        )
+        try:
+            posted = await database_sync_to_async(services.edit)(
+                self.user,
+                message_id=message.message,
+                content=message.content,
+                model_id=message.model,
+                system=message.system,
+                params=message.params,
+            )
+        except services.InputBlocked as blocked:
+            await self.blocked("edit", blocked)
+            return
         await self.accepted("edit", posted)
+
+    async def blocked(self, kind: str, blocked: services.InputBlocked) -> None:
+        """The message was stored but blocked by the content policy: no reply follows."""
+
+        def places() -> dict[str, dict[str, int | None]]:
+            found = services.branches(blocked.conversation, [blocked.user_message])
+            return {str(pk): branch.__dict__ for pk, branch in found.items()}
+
+        await self.send_json(
+            {
+                "type": "blocked",
+                "kind": kind,
+                "conversation": blocked.conversation.pk,
+                "title": blocked.conversation.title,
+                "created_conversation": blocked.created_conversation,
+                "user_message": blocked.user_message.pk,
+                "category": blocked.category,
+                "message": blocked.message,
+                "branches": await database_sync_to_async(places)(),
+            }
+        )
 
     async def accepted(self, kind: str, posted: services.Posted) -> None:
         """Tell the client what was stored (with the new messages' places among their

@@ -19,10 +19,36 @@ from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_model
 from webapp.chat.models import Conversation, Message, Role
 from webapp.inference import services as inference
+from webapp.moderation import services as moderation
 
 
 class NotAllowed(Exception):
     """The user may not do this (e.g. an account pending approval)."""
+
+
+class Suspended(NotAllowed):
+    """The account is suspended by moderation; the message says why."""
+
+
+class InputBlocked(Exception):
+    """The message was stored, but the content policy blocked it: no reply was started and
+    the message is never sent to a model (it is kept for review)."""
+
+    def __init__(
+        self, posted_to: Conversation, message: Message, created: bool, category: str
+    ) -> None:
+        self.conversation = posted_to
+        self.user_message = message
+        self.created_conversation = created
+        self.category = category
+        self.message = (
+            f"Your message was blocked by the content policy ({category or 'content'}) and "
+            "was not sent to the model. It is kept for review by an administrator."
+        )
+        super().__init__(self.message)
+
+
+BLOCKED_TITLE = "Blocked message"
 
 
 class NotFound(Exception):
@@ -146,10 +172,12 @@ def _start_reply(
     """Queue the assistant's reply to user_message (the history is the path to it) and
     make that reply the conversation's current leaf. Runs inside the caller's transaction."""
     messages = {m.pk: m for m in conversation.messages.select_related("generation")}
+    path = _path_to(messages, user_message)
+    blocked = moderation.blocked_inputs(m.pk for m in path if m.role == Role.USER)
     turns: list[ChatTurn] = [
         {"role": m.role, "content": m.text}
-        for m in _path_to(messages, user_message)
-        if m.text or m.role == Role.USER
+        for m in path
+        if m.pk not in blocked and (m.text or m.role == Role.USER)
     ]
     generation = inference.create_generation(
         user=user,
@@ -177,7 +205,19 @@ def _locked_conversation(user: User, conversation_id: int) -> Conversation:
 def _check_can_generate(user: User) -> None:
     if not user.can_generate:
         raise NotAllowed(user.why_cannot_generate)
+    suspension = moderation.active_suspension(user)
+    if suspension is not None:
+        raise Suspended(moderation.suspension_message(suspension))
     inference.check_concurrency(user)
+
+
+def _blocked(
+    conversation: Conversation, message: Message, created: bool, checked: moderation.Checked
+) -> InputBlocked:
+    """Show the blocked message as the end of the branch (to its author only)."""
+    conversation.current_leaf = message
+    conversation.save(update_fields=["current_leaf", "system_prompt", "updated_at"])
+    return InputBlocked(conversation, message, created, checked.verdict.category or "")
 
 
 def post_message(
@@ -189,17 +229,23 @@ def post_message(
     system: str | None,
     params: SamplingParams,
 ) -> Posted:
-    """Store the user's message after the visible branch and queue the assistant's reply."""
+    """Store the user's message after the visible branch and queue the assistant's reply.
+
+    The message is checked against the content policy first: a blocked one is stored (for
+    review) but starts no reply, and InputBlocked is raised once it is committed."""
     _check_can_generate(user)
     model = usable_model(user, Task.CHAT, model_id)
     with transaction.atomic():
         created = conversation_id is None
-        if conversation_id is None:
+        found = None if conversation_id is None else _locked_conversation(user, conversation_id)
+        checked = moderation.check_input(user, content, task=Task.CHAT)
+        if found is None:
+            title = BLOCKED_TITLE if checked.blocked else _title_from(content)
             conversation = Conversation.objects.create(
-                user=user, title=_title_from(content), model=model, system_prompt=system or ""
+                user=user, title=title, model=model, system_prompt=system or ""
             )
         else:
-            conversation = _locked_conversation(user, conversation_id)
+            conversation = found
             if system is not None:
                 conversation.system_prompt = system
         history = visible_path(conversation)
@@ -209,7 +255,14 @@ def post_message(
             role=Role.USER,
             content=content,
         )
-        reply = _start_reply(user, conversation, user_message, model, params)
+        moderation.link(checked.event, message_id=user_message.pk)
+        if checked.blocked:
+            blocked = _blocked(conversation, user_message, created, checked)
+        else:
+            reply = _start_reply(user, conversation, user_message, model, params)
+            moderation.link(checked.event, generation_id=reply.generation_id)
+    if checked.blocked:
+        raise blocked
     return Posted(conversation, user_message, reply, created)
 
 
@@ -239,7 +292,8 @@ def edit(
     params: SamplingParams,
 ) -> Posted:
     """A new version of a user message (a sibling of it: a new branch) and a reply to it.
-    The original message and everything after it stay, one branch away."""
+    The original message and everything after it stay, one branch away. The new version
+    is checked like a new message (InputBlocked when the policy blocks it)."""
     _check_can_generate(user)
     model = usable_model(user, Task.CHAT, model_id)
     with transaction.atomic():
@@ -247,10 +301,18 @@ def edit(
         if message.role != Role.USER:
             raise BadRequest("Only your own messages can be edited.")
         conversation = _locked_conversation(user, message.conversation_id)
+        checked = moderation.check_input(user, content, task=Task.CHAT)
         if system is not None:
             conversation.system_prompt = system
         edited = Message.objects.create(
             conversation=conversation, parent=message.parent, role=Role.USER, content=content
         )
-        reply = _start_reply(user, conversation, edited, model, params)
+        moderation.link(checked.event, message_id=edited.pk)
+        if checked.blocked:
+            blocked = _blocked(conversation, edited, False, checked)
+        else:
+            reply = _start_reply(user, conversation, edited, model, params)
+            moderation.link(checked.event, generation_id=reply.generation_id)
+    if checked.blocked:
+        raise blocked
     return Posted(conversation, edited, reply, False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -169,7 +170,7 @@ class Rule(models.Model):
         from generation.safety import RuleSet
 
         try:
-            RuleSet([self.as_filter_rule()])
+            RuleSet([replace(self.as_filter_rule(), enabled=True)])  # compile it, even if off
         except RuleError as exc:
             raise ValidationError(str(exc)) from exc
 

@@ -115,7 +115,7 @@ def record_verdict(
             policy=policy[:300],
         )
     if event is not None:
-        target_type, target_id = "event", str(event.pk)
+        target_type, target_id = "moderationevent", str(event.pk)
     elif message_id is not None:
         target_type, target_id = "message", str(message_id)
     elif generation_id is not None:
