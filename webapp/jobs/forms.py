@@ -89,9 +89,7 @@ class ConfigureForm(forms.Form):
             self.fields["column"].label = f"Text {noun}"
             self.fields["id_column"].label = f"Id {noun} (optional)"
             self.fields["column"].choices = [(c, c) for c in columns]  # type: ignore[attr-defined]
-            self.fields["column"].initial = (
-                "text" if "text" in columns else columns[0] if columns else ""
-            )
+            self.fields["column"].initial = inspection.suggested
             self.fields["id_column"].choices = [("", "None: number them")] + [  # type: ignore[attr-defined]
                 (c, c) for c in columns
             ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import posixpath
 import stat
@@ -104,6 +105,7 @@ class Inspection:
 
     format: Format
     columns: list[str]
+    suggested: str = ""  # the column or field most likely to hold the text
 
 
 def detect_format(filename: str) -> Format:
@@ -119,12 +121,27 @@ def inspect(filename: str, data: bytes, limits: Limits = Limits()) -> Inspection
     """Check the file is what its name says and list the columns (CSV) or fields (JSONL)."""
     kind = _check_file(filename, data, limits)
     if kind == Format.CSV:
-        return Inspection(kind, _csv_header(filename, _decode_file(filename, data))[1])
+        reader, header = _csv_header(filename, _decode_file(filename, data))
+        samples = [dict(zip(header, row, strict=False)) for row in itertools.islice(reader, 50)]
+        return Inspection(kind, header, _suggest(header, samples))
     if kind == Format.JSONL:
-        return Inspection(kind, _jsonl_fields(filename, data))
+        fields, samples = _jsonl_fields(filename, data)
+        return Inspection(kind, fields, _suggest(fields, samples))
     if kind == Format.ZIP:
         _open_zip(filename, data)
     return Inspection(kind, [])
+
+
+def _suggest(names: list[str], samples: list[dict[str, Any]]) -> str:
+    """ "text" if there is such a column, else the one with the longest text values."""
+    if "text" in names or not names:
+        return "text" if names else ""
+
+    def mean_length(name: str) -> float:
+        values = [v for s in samples if isinstance(v := s.get(name), str)]
+        return sum(len(v) for v in values) / len(values) if values else -1.0
+
+    return max(names, key=mean_length)
 
 
 def parse(
@@ -350,20 +367,21 @@ def _jsonl_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
         yield number, raw.rstrip(b"\r")
 
 
-def _jsonl_fields(filename: str, data: bytes) -> list[str]:
-    """Fields of the first objects (up to 100 lines), in the order first seen."""
+def _jsonl_fields(filename: str, data: bytes) -> tuple[list[str], list[dict[str, Any]]]:
+    """Fields of the first objects (up to 50 lines), in the order first seen, and those
+    objects."""
     fields: dict[str, None] = {}
-    seen = 0
+    samples: list[dict[str, Any]] = []
     for number, raw in _jsonl_lines(data):
         if not raw.strip():
             continue
-        value = _json_object(filename, raw, number, first=seen == 0)
+        value = _json_object(filename, raw, number, first=not samples)
         if isinstance(value, dict):
             fields.update(dict.fromkeys(value))
-        seen += 1
-        if seen >= 100:
+            samples.append(value)
+        if len(samples) >= 50:
             break
-    return list(fields)
+    return list(fields), samples
 
 
 def _json_object(filename: str, raw: bytes, number: int, *, first: bool) -> dict[str, Any] | str:
