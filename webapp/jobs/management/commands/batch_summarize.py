@@ -148,13 +148,12 @@ class Command(BaseCommand):
         heartbeat = None
         run_one: Callable[[], int | None] = lambda: None  # noqa: E731
         if not use_workers:
-            from workers import heartbeat as beats  # loads torch: only when running here
-            from workers.runner import run_next
+            from workers.runner import run_next  # loads torch: only when running here
 
             assert job.model is not None
             queue = job.model.queue
             run_one = lambda: run_next(queue)  # noqa: E731
-            heartbeat = beats.Heartbeat([queue])
+            heartbeat = _heartbeat([queue])
             heartbeat.start()  # so that live workers do not take our runs for orphans
         bar = tqdm(total=job.total, unit="doc", disable=None, file=self.stderr)
         try:
@@ -175,3 +174,20 @@ class Command(BaseCommand):
             bar.close()
             if heartbeat is not None:
                 heartbeat.stop()
+
+
+def _heartbeat(queues: list[str]) -> Any:
+    """The worker heartbeat, closing its thread's database connection when it stops (a
+    worker process exits then; this command goes on, e.g. inside tests)."""
+    from django.db import connections
+
+    from workers.heartbeat import Heartbeat
+
+    class CommandHeartbeat(Heartbeat):
+        def _loop(self) -> None:
+            try:
+                super()._loop()
+            finally:
+                connections.close_all()
+
+    return CommandHeartbeat(queues)
