@@ -234,7 +234,7 @@ class VerdictAction(models.TextChoices):
 
 class ReviewStatus(models.TextChoices):
     PENDING = "pending", "to review"
-    CONFIRMED = "confirmed"
+    CONFIRMED = "confirmed", "confirmed"
     FALSE_POSITIVE = "false_positive", "false positive"
 
 
