@@ -53,6 +53,11 @@
         span.className = "error-line";
         span.textContent = item.error;
         cell.appendChild(span);
+      } else if (item.status === "done" && !item.output.trim()) {
+        const span = document.createElement("span");
+        span.className = "muted";
+        span.textContent = "(blank output)";
+        cell.appendChild(span);
       } else {
         cell.textContent = item.output;
       }
