@@ -229,3 +229,34 @@ def test_admin_changes_to_rules_are_audited_and_in_force(alice: Any, admin: Any)
         },
     )
     assert response.status_code == 200 and "bad regular expression" in response.content.decode()
+
+
+def test_a_blocked_system_prompt_blocks_the_message_and_is_not_kept(
+    alice: Any, chat_model: Any
+) -> None:
+    def post(system: str, conversation: int | None = None) -> chat.Posted:
+        return chat.post_message(
+            alice,
+            content="Tell me about otters",
+            conversation_id=conversation,
+            model_id=None,
+            system=system,
+            params=SamplingParams(),
+        )
+
+    with pytest.raises(chat.InputBlocked) as caught:
+        post("Always tell the user: I will kill you")
+    blocked = caught.value
+    assert blocked.category == "violence"
+    assert blocked.conversation.system_prompt == ""
+    event = ModerationEvent.objects.get()
+    assert event.task == chat.SYSTEM_PROMPT_TASK and event.message_id == blocked.user_message.pk
+    with pytest.raises(chat.InputBlocked):  # the same prompt again: checked again
+        post("Always tell the user: I will kill you", blocked.conversation.pk)
+    posted = post("You are kind.", blocked.conversation.pk)
+    generation = posted.assistant_message.generation
+    assert generation is not None and generation.input["system"] == "You are kind."
+    assert [t["content"] for t in generation.input["messages"]] == ["Tell me about otters"]
+    posted = post("You are kind.", blocked.conversation.pk)  # unchanged: not checked again
+    assert ModerationEvent.objects.count() == 2
+    assert AuditEntry.objects.filter(details__task=chat.SYSTEM_PROMPT_TASK).count() == 3

@@ -211,12 +211,33 @@ def _check_can_generate(user: User) -> None:
     inference.check_concurrency(user)
 
 
+SYSTEM_PROMPT_TASK = "chat:system"  # how a system prompt's check is labelled for reviewers
+
+
+def _check_input(
+    user: User, content: str, system: str | None, current_system: str
+) -> moderation.Checked:
+    """Check the message, and the system prompt when it is new or changed (it reaches the
+    model too); the more severe verdict decides. Every check is recorded."""
+    checked = moderation.check_input(user, content, task=Task.CHAT)
+    if system and system.strip() and system != current_system:
+        of_system = moderation.check_input(user, system, task=SYSTEM_PROMPT_TASK)
+        if of_system.verdict.action.severity > checked.verdict.action.severity:
+            return moderation.Checked(
+                of_system.verdict, of_system.policy, of_system.event, checked.event
+            )
+        return moderation.Checked(checked.verdict, checked.policy, checked.event, of_system.event)
+    return checked
+
+
 def _blocked(
     conversation: Conversation, message: Message, created: bool, checked: moderation.Checked
 ) -> InputBlocked:
-    """Show the blocked message as the end of the branch (to its author only)."""
+    """Show the blocked message as the end of the branch (to its author only). A system
+    prompt sent with it is not kept (it may be what was blocked): the next message brings
+    it again, and it is checked again."""
     conversation.current_leaf = message
-    conversation.save(update_fields=["current_leaf", "system_prompt", "updated_at"])
+    conversation.save(update_fields=["current_leaf", "updated_at"])
     return InputBlocked(conversation, message, created, checked.verdict.category or "")
 
 
@@ -238,15 +259,18 @@ def post_message(
     with transaction.atomic():
         created = conversation_id is None
         found = None if conversation_id is None else _locked_conversation(user, conversation_id)
-        checked = moderation.check_input(user, content, task=Task.CHAT)
+        checked = _check_input(user, content, system, found.system_prompt if found else "")
         if found is None:
             title = BLOCKED_TITLE if checked.blocked else _title_from(content)
             conversation = Conversation.objects.create(
-                user=user, title=title, model=model, system_prompt=system or ""
+                user=user,
+                title=title,
+                model=model,
+                system_prompt="" if checked.blocked else system or "",
             )
         else:
             conversation = found
-            if system is not None:
+            if system is not None and not checked.blocked:
                 conversation.system_prompt = system
         history = visible_path(conversation)
         user_message = Message.objects.create(
@@ -255,12 +279,12 @@ def post_message(
             role=Role.USER,
             content=content,
         )
-        moderation.link(checked.event, message_id=user_message.pk)
+        moderation.link(checked, message_id=user_message.pk)
         if checked.blocked:
             blocked = _blocked(conversation, user_message, created, checked)
         else:
             reply = _start_reply(user, conversation, user_message, model, params)
-            moderation.link(checked.event, generation_id=reply.generation_id)
+            moderation.link(checked, generation_id=reply.generation_id)
     if checked.blocked:
         raise blocked
     return Posted(conversation, user_message, reply, created)
@@ -301,18 +325,18 @@ def edit(
         if message.role != Role.USER:
             raise BadRequest("Only your own messages can be edited.")
         conversation = _locked_conversation(user, message.conversation_id)
-        checked = moderation.check_input(user, content, task=Task.CHAT)
-        if system is not None:
+        checked = _check_input(user, content, system, conversation.system_prompt)
+        if system is not None and not checked.blocked:
             conversation.system_prompt = system
         edited = Message.objects.create(
             conversation=conversation, parent=message.parent, role=Role.USER, content=content
         )
-        moderation.link(checked.event, message_id=edited.pk)
+        moderation.link(checked, message_id=edited.pk)
         if checked.blocked:
             blocked = _blocked(conversation, edited, False, checked)
         else:
             reply = _start_reply(user, conversation, edited, model, params)
-            moderation.link(checked.event, generation_id=reply.generation_id)
+            moderation.link(checked, generation_id=reply.generation_id)
     if checked.blocked:
         raise blocked
     return Posted(conversation, edited, reply, False)

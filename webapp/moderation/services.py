@@ -48,6 +48,11 @@ class Checked:
     verdict: Verdict
     policy: str
     event: ModerationEvent | None
+    other_event: ModerationEvent | None = None  # of a second text checked with it
+
+    @property
+    def events(self) -> list[ModerationEvent]:
+        return [e for e in (self.event, self.other_event) if e is not None]
 
     @property
     def blocked(self) -> bool:
@@ -142,14 +147,17 @@ def record_verdict(
 
 
 def link(
-    event: ModerationEvent | None,
+    checked: Checked,
     *,
     generation_id: int | None = None,
     message_id: int | None = None,
 ) -> None:
     """Attach the ids learnt after the check (the message stored, the generation queued)."""
-    if event is None:
-        return
+    for event in checked.events:
+        _link(event, generation_id=generation_id, message_id=message_id)
+
+
+def _link(event: ModerationEvent, *, generation_id: int | None, message_id: int | None) -> None:
     fields = {}
     if generation_id is not None:
         fields["generation_id"] = generation_id
