@@ -49,17 +49,27 @@ def item_input(job: Job, item: JobItem) -> dict[str, Any]:
     return {"text": item.text, "length": job.options.get("length", "short")}
 
 
+def _locked(job_id: int) -> Job | None:
+    """The job, its row locked until the transaction ends: one process at a time records
+    and dispatches for a job."""
+    jobs = Job.objects.select_for_update(of=("self",)).select_related("model", "user")
+    return jobs.filter(pk=job_id).first()
+
+
 def dispatch(job_id: int) -> int:
     """Top up the job's generations in flight to the bound; mark the job done when
     nothing is left. Returns how many generations were created."""
     with transaction.atomic():
-        job = Job.objects.select_for_update(of=("self",)).select_related("model", "user")
-        found = job.filter(pk=job_id).first()
-        if found is None or found.status not in ACTIVE:
-            if found is not None and found.status == JobStatus.PAUSED:
-                _finish_if_empty(found)
-            return 0
-        return _dispatch_locked(found)
+        job = _locked(job_id)
+        return 0 if job is None else _top_up_locked(job)
+
+
+def _top_up_locked(job: Job) -> int:
+    if job.status in ACTIVE:
+        return _dispatch_locked(job)
+    if job.status == JobStatus.PAUSED:
+        _finish_if_empty(job)
+    return 0
 
 
 def _dispatch_locked(job: Job) -> int:
@@ -115,31 +125,48 @@ def _finish_if_empty(job: Job) -> None:
         )
 
 
+def _job_of(generation_id: int) -> int | None:
+    job_id = (
+        JobItem.objects.filter(generation_id=generation_id).values_list("job_id", flat=True).first()
+    )
+    return None if job_id is None else int(job_id)
+
+
 def record(generation_id: int) -> int | None:
     """Write a finished generation's outcome on its item, once. Returns the item's job
     id (None if the generation is not a job's)."""
-    item = (
-        JobItem.objects.filter(generation_id=generation_id)
-        .values("pk", "job_id", "job__status")
-        .first()
-    )
-    if item is None:
-        return None
+    job_id = _job_of(generation_id)
+    if job_id is not None:
+        with transaction.atomic():
+            job = _locked(job_id)
+            if job is not None:
+                _record_locked(job, generation_id)
+    return job_id
+
+
+COUNTERS = {
+    ItemStatus.DONE: "done_count",
+    ItemStatus.FAILED: "failed_count",
+    ItemStatus.CANCELLED: "cancelled_count",
+}
+
+
+def _record_locked(job: Job, generation_id: int) -> bool:
     generation = (
         Generation.objects.filter(pk=generation_id)
         .values("status", "output", "error", "finish_reason")
         .first()
     )
     if generation is None or generation["status"] not in FINISHED:
-        return int(item["job_id"])
-    changes = _outcome(dict(generation), job_status=item["job__status"])
-    now = timezone.now()
+        return False
+    changes = _outcome(dict(generation), job_status=job.status)
     recorded = JobItem.objects.filter(
-        pk=item["pk"], generation_id=generation_id, status=ItemStatus.RUNNING
-    ).update(updated_at=now, **changes)
-    if recorded:
-        refresh_counts(item["job_id"])
-    return int(item["job_id"])
+        job_id=job.pk, generation_id=generation_id, status=ItemStatus.RUNNING
+    ).update(updated_at=timezone.now(), **changes)
+    counter = COUNTERS.get(changes["status"])
+    if recorded and counter:  # exact: the item changed under the job's lock
+        Job.objects.filter(pk=job.pk).update(**{counter: F(counter) + 1})
+    return bool(recorded)
 
 
 def _outcome(generation: dict[str, Any], job_status: str) -> dict[str, Any]:
@@ -171,24 +198,35 @@ def _outcome(generation: dict[str, Any], job_status: str) -> dict[str, Any]:
 
 
 def refresh_counts(job_id: int) -> None:
-    counts = dict(
-        JobItem.objects.filter(job_id=job_id)
-        .values("status")
-        .annotate(n=Count("pk"))
-        .values_list("status", "n")
-    )
-    Job.objects.filter(pk=job_id).update(
-        done_count=counts.get(ItemStatus.DONE, 0),
-        failed_count=counts.get(ItemStatus.FAILED, 0) + counts.get(ItemStatus.INVALID, 0),
-        cancelled_count=counts.get(ItemStatus.CANCELLED, 0),
-    )
+    """Count the items afresh (after changes to many at once), under the job's lock so
+    that no concurrent record's increment is lost."""
+    with transaction.atomic():
+        if _locked(job_id) is None:
+            return
+        counts = dict(
+            JobItem.objects.filter(job_id=job_id)
+            .values("status")
+            .annotate(n=Count("pk"))
+            .values_list("status", "n")
+        )
+        Job.objects.filter(pk=job_id).update(
+            done_count=counts.get(ItemStatus.DONE, 0),
+            failed_count=counts.get(ItemStatus.FAILED, 0) + counts.get(ItemStatus.INVALID, 0),
+            cancelled_count=counts.get(ItemStatus.CANCELLED, 0),
+        )
 
 
 def on_generation_finished(generation_id: int, **_: Any) -> None:
-    """Receiver of `generation_finished`: record the item, then top the job up."""
-    job_id = record(generation_id)
-    if job_id is not None:
-        dispatch(job_id)
+    """Receiver of `generation_finished`: record the item and top the job up, in one
+    transaction (this runs in the worker between two generations: one commit, not many)."""
+    job_id = _job_of(generation_id)
+    if job_id is None:  # not a job's (a chat reply, ...)
+        return
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job is not None:
+            _record_locked(job, generation_id)
+            _top_up_locked(job)
 
 
 def reconcile(job_id: int) -> None:
