@@ -115,6 +115,8 @@ def test_a_strike_from_the_queue_can_suspend(
     assert Strike.objects.get().reason == "threat"
     suspension = services.active_suspension(alice)
     assert suspension is not None
+    queue = client.get("/moderation/?status=all").content.decode()
+    assert "(1 strike, <strong>suspended</strong>)" in queue
     page = client.get("/moderation/suspensions/").content.decode()
     assert 'data-user="alice"' in page
     client.post(f"/moderation/suspensions/{suspension.pk}/lift/")

@@ -256,6 +256,16 @@ def strikes_counting(user: User) -> QuerySet[Strike]:
     return Strike.objects.filter(user=user, created_at__gt=since)
 
 
+@dataclass(frozen=True)
+class Standing:
+    strikes: int  # counting towards a suspension
+    suspended: bool
+
+
+def standing(user: User) -> Standing:
+    return Standing(strikes_counting(user).count(), active_suspension(user) is not None)
+
+
 # --- Review -----------------------------------------------------------------------------
 
 

@@ -74,12 +74,15 @@ def queue(request: HttpRequest) -> HttpResponse:
         action=action,
     ).select_related("message__parent")
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
+    users = {event.user_id: event.user for event in page.object_list}
+    standing = {pk: services.standing(user) for pk, user in users.items()}
     items = [
         {
             "event": event,
             "context": _context_of(event),
             "phrases": "\n".join(services.suggested_phrases(event)),
             "findings": event.details.get("findings", []),
+            "standing": standing[event.user_id],
         }
         for event in page.object_list
     ]
