@@ -1,4 +1,7 @@
+from typing import Any
+
 from django.contrib import admin
+from django.utils.html import format_html, format_html_join
 
 from webapp.catalog.models import ModelEntry
 
@@ -19,7 +22,14 @@ class ModelEntryAdmin(admin.ModelAdmin[ModelEntry]):
     list_filter = ("task", "backend", "quantization", "enabled")
     search_fields = ("name", "source", "description")
     filter_horizontal = ("allowed_groups",)
-    readonly_fields = ("last_error", "last_error_at", "last_loaded_at", "updated_at")
+    readonly_fields = (
+        "last_error",
+        "last_error_at",
+        "last_loaded_at",
+        "updated_at",
+        "quantization_figures",
+    )
+    exclude = ("benchmark",)
 
     @admin.display(description="worker status")
     def status(self, entry: ModelEntry) -> str:
@@ -28,3 +38,47 @@ class ModelEntryAdmin(admin.ModelAdmin[ModelEntry]):
         if entry.last_loaded_at:
             return "loaded"
         return "not loaded yet"
+
+    @admin.display(description="quantization, measured")
+    def quantization_figures(self, entry: ModelEntry) -> str:
+        """The latest bench/quantization.py figures for this model's folder, per device."""
+        figures = entry.benchmark or {}
+        if not figures:
+            return "Not measured yet: run python bench/quantization.py --store"
+        tables = []
+        for device, run in sorted(figures.items()):
+            modes = run.get("modes", {})
+            base = modes.get("none", {})
+            rows = format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (_figure_row(mode, values, base) for mode, values in modes.items()),
+            )
+            tables.append(
+                format_html(
+                    "<p>{} ({}), {}</p><table><thead><tr><th>mode</th><th>load s</th>"
+                    "<th>weights MiB</th><th>{}/s</th><th>vs none</th><th>perplexity</th>"
+                    "</tr></thead><tbody>{}</tbody></table>",
+                    device,
+                    run.get("machine", "?"),
+                    run.get("measured_at", "?"),
+                    run.get("unit", "tokens"),
+                    rows,
+                )
+            )
+        return format_html_join("", "{}", ((table,) for table in tables))
+
+
+def _figure_row(mode: str, values: dict[str, Any], base: dict[str, Any]) -> tuple[str, ...]:
+    if "error" in values:
+        return (mode, "failed", str(values["error"])[:200], "", "", "")
+    speed = values.get("tokens_per_s", 0.0)
+    ratio = f"{speed / base['tokens_per_s']:.2f}x" if base.get("tokens_per_s") else ""
+    return (
+        mode,
+        f"{values.get('load_s', 0.0):.2f}",
+        f"{values.get('weights_mib', 0.0):.0f}",
+        f"{speed:.1f}",
+        ratio,
+        f"{values.get('perplexity', 0.0):.3f}",
+    )

@@ -49,6 +49,11 @@ class ModelEntry(models.Model):
     )
     last_error_at = models.DateTimeField(null=True, blank=True)
     last_loaded_at = models.DateTimeField(null=True, blank=True)
+    benchmark = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Latest figures per device from bench/quantization.py --store.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -47,14 +47,23 @@ def record_loaded(entry_id: int) -> None:
 
 
 def register_local_model(
-    *, name: str, folder: str, task: str, quantization: str, description: str, make_default: bool
+    *,
+    name: str,
+    folder: str,
+    task: str,
+    quantization: str,
+    description: str,
+    make_default: bool,
+    backend: str = "transformers",
 ) -> tuple[ModelEntry, bool]:
-    """Register (or refresh the source of) a prepared local model; returns (entry, created)."""
+    """Register (or refresh the source of) a prepared local model; returns (entry, created).
+    An entry an admin has edited keeps their choices; only the folder follows the models dir."""
     entry, created = ModelEntry.objects.get_or_create(
         name=name,
         defaults={
             "task": task,
             "source": folder,
+            "backend": backend,
             "quantization": quantization,
             "device": "cpu",
             "description": description,
