@@ -12,9 +12,13 @@ from webapp.chat import titles
 from webapp.inference import services, streams
 from webapp.inference.events import Usage
 from webapp.inference.models import Generation, Status
+from webapp.moderation.guard import OutputGuard
 from workers import handlers, heartbeat, model_cache
 
 log = logging.getLogger(__name__)
+
+# Tasks whose text output is checked by the content-safety filter as it streams.
+GUARDED_TASKS = (Task.CHAT, titles.TITLE_TASK, Task.SUMMARIZE, Task.TRANSLATE)
 
 
 def run_next(queue: str) -> int | None:
@@ -67,18 +71,33 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
     if entry.last_error or entry.last_loaded_at is None:
         catalog.record_loaded(entry.pk)
 
+    # Text output is checked as it grows: only what the guard releases reaches the stream,
+    # and a block stops generation at the next step.
+    guard = OutputGuard.for_generation(generation) if generation.task in GUARDED_TASKS else None
     first_piece = True
 
-    def on_text(piece: str) -> None:
+    def send(piece: str) -> None:
         nonlocal first_piece
+        if not piece:
+            return
         if first_piece:
             services.mark_first_token(generation_id)
             first_piece = False
         writer.add(piece)
 
+    def on_text(piece: str) -> None:
+        send(guard.feed(piece) if guard is not None else piece)
+
+    def should_stop() -> bool:
+        return (guard is not None and guard.blocked is not None) or streams.stop_requested(
+            generation_id
+        )
+
     try:
         handle = handlers.handler_for(generation.task)
-        outcome = handle(generation, loaded, on_text, lambda: streams.stop_requested(generation_id))
+        outcome = handle(generation, loaded, on_text, should_stop)
+        if guard is not None and guard.blocked is None:
+            send(guard.finish())  # the held-back tail, once checked
     except (GenerationError, ValueError) as exc:  # the request cannot run on this model
         _fail(writer, generation_id, str(exc), partial=writer.text)
         return
@@ -97,14 +116,19 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
         return
 
     stats = outcome.stats
-    status = Status.STOPPED if stats.finish_reason == "stopped" else Status.DONE
+    output = writer.text if outcome.output is None else outcome.output
+    finish_reason = stats.finish_reason
+    status = Status.STOPPED if finish_reason == "stopped" else Status.DONE
+    if guard is not None and guard.blocked is not None:
+        # The withheld text never reached the stream; the reply becomes the notice.
+        status, output, finish_reason = Status.BLOCKED, guard.notice, "blocked"
     writer.flush()
     recorded = services.finish(
         generation_id,
         status=status,
-        output=writer.text if outcome.output is None else outcome.output,
+        output=output,
         result=outcome.result,
-        finish_reason=stats.finish_reason,
+        finish_reason=finish_reason,
         prompt_tokens=stats.prompt_tokens,
         completion_tokens=stats.completion_tokens,
         worker=heartbeat.WORKER_NAME,
@@ -112,9 +136,11 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
     if not recorded:  # taken for dead and requeued meanwhile: the new run owns the stream
         log.warning("generation %s: finished after it was requeued; dropped", generation_id)
         return
+    if guard is not None:
+        guard.record(generation_id)
     writer.done(
         status,
-        finish_reason=stats.finish_reason,
+        finish_reason=finish_reason,
         usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens),
         result=outcome.result,
     )
