@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from generation.quantization import CALIBRATION_TEXT, apply_int8_dynamic, bnb_config
+from generation.quantization import apply_int8_dynamic, bnb_config
 from generation.specs import Backend, Device, ModelLoadError, ModelSpec, Quantization, Task
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _load_pretrained(
         model.to(device)
     model.eval()
     if spec.quantization is Quantization.INT8_DYNAMIC:
-        model = apply_int8_dynamic(model, _calibration_ids(companion))
+        model = apply_int8_dynamic(model)
     elapsed = time.perf_counter() - started
     log.info(
         "loaded model %r (%s, %s) in %.2fs", spec.name, spec.quantization.value, device, elapsed
@@ -147,13 +147,6 @@ def _load_pretrained(
     return LoadedModel(
         spec=spec, model=model, tokenizer=companion, device=device, load_seconds=elapsed
     )
-
-
-def _calibration_ids(companion: Any) -> torch.Tensor | None:
-    """The calibration text's ids for smoothing before int8 (None for non-text models)."""
-    if not hasattr(companion, "convert_tokens_to_ids"):
-        return None
-    return companion(CALIBRATION_TEXT, return_tensors="pt")["input_ids"]
 
 
 def _tokenizer(source: str) -> Any:

@@ -17,13 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 from generation.loading import LoadedModel, load_causal_lm
 from generation.prompts import build_chat_input
-from generation.quantization import (
-    CALIBRATION_TEXT,
-    _conv1d_to_linear,
-    apply_int8_dynamic,
-    bnb_config,
-    smooth_activations,
-)
+from generation.quantization import _conv1d_to_linear, apply_int8_dynamic, bnb_config
 from generation.specs import ModelSpec, Quantization, SamplingParams
 from generation.streaming import TokenStream
 from generation.tiny import build_tiny_causal_lm
@@ -217,31 +211,3 @@ def test_bitsandbytes_modes_run_on_cpu(wide_llama_folder: Path, mode: str, layer
     stream = TokenStream(loaded, prompt, SamplingParams(temperature=0, max_new_tokens=8))
     stats = stream.run(lambda piece: None)
     assert stats.completion_tokens == 8 or stats.finish_reason == "eos"
-
-
-def test_smoothing_moves_activation_scales_into_weights_without_changing_the_function(
-    load_tiny: LoadTiny,
-) -> None:
-    plain = load_tiny("llama")
-    smoothed = copy.deepcopy(plain.model)
-    calibration = plain.tokenizer(CALIBRATION_TEXT, return_tensors="pt")["input_ids"]
-    layers = len(plain.model.model.layers)
-    assert smooth_activations(smoothed, calibration) == 3 * layers  # q/k/v, gate/up, down
-    before = plain.model.model.layers[0].mlp.down_proj.weight
-    after = smoothed.model.layers[0].mlp.down_proj.weight
-    assert not torch.allclose(before, after)  # the weights really changed ...
-    ids = plain.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        expected, got = plain.model(input_ids=ids).logits, smoothed(input_ids=ids).logits
-    assert torch.allclose(expected, got, atol=1e-4, rtol=1e-4)  # ... the function did not
-
-
-def test_smoothing_leaves_architectures_it_does_not_know_alone(load_tiny: LoadTiny) -> None:
-    plain = load_tiny("gpt2")
-    model = copy.deepcopy(plain.model)
-    calibration = plain.tokenizer(CALIBRATION_TEXT, return_tensors="pt")["input_ids"]
-    assert smooth_activations(model, calibration) == 0
-    for (name, a), (_, b) in zip(
-        plain.model.state_dict().items(), model.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
