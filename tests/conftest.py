@@ -46,6 +46,29 @@ DIRECT_QUEUE = f"test-direct-{RUN_ID}"  # no worker consumes it: tests call the 
 WORKER_QUEUE = f"test-worker-{RUN_ID}"  # consumed by the real worker process of e2e tests
 
 
+# The starter pack is prepared once per machine and reused by later runs (each step is
+# idempotent); the first run on a new machine converts the models and trains the
+# Shakespeare GRU (about four minutes on two cores).
+STARTER_DIR = Path(
+    os.environ.get("ATELIER_TEST_STARTER_DIR")
+    or Path.home() / ".cache" / "atelier" / "starter-models"
+)
+
+
+@pytest.fixture(scope="session")
+def starter_models_dir() -> Path:
+    import fcntl
+
+    from generation.starter_pack import STARTER_PACK
+
+    STARTER_DIR.mkdir(parents=True, exist_ok=True)
+    with (STARTER_DIR / ".lock").open("w") as lock:  # one preparer at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for starter in STARTER_PACK:
+            starter.prepare(STARTER_DIR, None)
+    return STARTER_DIR
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from generation.tiny import build_tiny_causal_lm

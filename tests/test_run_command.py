@@ -27,10 +27,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    assert prepare_smollm2(folder).created
-    return folder
+def models_dir(starter_models_dir: Path) -> Path:
+    return starter_models_dir
 
 
 def test_starter_model_is_prepared_once_and_answers(models_dir: Path) -> None:
