@@ -162,14 +162,15 @@ def run_job(user: Any, entry: Any, docs: list[str]) -> Any:
         source_name="docs.jsonl",
         parsed=parsed,
     )
-    last = -1
+    step = max(1, len(docs) // 10)
+    shown = -1
     while True:
         job.refresh_from_db()
         if job.status == JobStatus.DONE:
             return job
-        if job.finished_items != last and job.finished_items % max(1, len(docs) // 10) == 0:
+        if job.finished_items // step > shown:
+            shown = job.finished_items // step
             progress(f"  job: {job.finished_items}/{job.total}")
-            last = job.finished_items
         time.sleep(0.5)
 
 

@@ -165,6 +165,10 @@ def test_upload_a_csv_watch_it_reach_100_percent_and_download_the_results(
         job = Job.objects.get(user__username="erin")
         return dict(job.items.values_list("external_id", "generation__output"))
 
+    page.click("text=Batch jobs")
+    assert "5 / 5" in page.inner_text(".jobs-table") and "done" in page.inner_text(".jobs-table")
+    page.screenshot(path=str(SHOTS / "jobs-list.png"), full_page=True)
+
     outputs = off_loop(stored)
     assert all(r["output"] == outputs[r["id"]] for r in rows)
     assert all(json.loads(line)["output"] == outputs[json.loads(line)["id"]] for line in lines)

@@ -17,6 +17,8 @@ from webapp.inference import services as inference
 from webapp.inference.models import Generation, Priority, Status
 from webapp.jobs import engine, inputs, services
 from webapp.jobs.models import ItemStatus, Job, JobItem, JobStatus
+from webapp.moderation import services as moderation
+from webapp.moderation.models import ModerationEvent
 from workers import model_cache
 from workers.runner import run_next
 
@@ -258,3 +260,76 @@ def test_progress_counts_throughput_and_time_left(alice: Any, summarizer: ModelE
     run_job(job)
     end = engine.progress(job.pk)
     assert (end.done, end.percent, end.eta_seconds, end.running) == (5, 100, None, 0)
+
+
+THREAT = "I will kill you"
+
+
+def test_a_blocked_document_fails_with_the_reason_and_is_never_sent(
+    alice: Any, summarizer: ModelEntry
+) -> None:
+    job = make_job(alice, summarizer, [DOCS[0], THREAT, DOCS[1]])
+    blocked = job.items.get(index=1)
+    assert blocked.status == ItemStatus.FAILED and blocked.generation_id is None
+    assert "Blocked by the content policy" in blocked.error
+    assert in_flight(job) == IN_FLIGHT  # the next document took its place
+    run_job(job)
+    assert (job.status, job.done_count, job.failed_count) == (JobStatus.DONE, 2, 1)
+    assert not Generation.objects.filter(input__text=THREAT).exists()
+    assert ModerationEvent.objects.filter(user=alice, text=THREAT).exists()  # for review
+    assert engine.retry_failed(job) == 1  # checked again on retry: still blocked
+    job.refresh_from_db()
+    assert (job.status, job.failed_count) == (JobStatus.DONE, 1)
+
+
+def test_a_suspended_user_cannot_start_a_job_and_a_running_one_pauses(
+    alice: Any, summarizer: ModelEntry
+) -> None:
+    job = make_job(alice, summarizer, DOCS[:4])
+    moderation.suspend(alice, "Repeated threats.")
+    run_next(DIRECT_QUEUE)  # an item finishes; the top-up finds the account suspended
+    job.refresh_from_db()
+    assert job.status == JobStatus.PAUSED and job.done_count == 1
+    with pytest.raises(engine.JobStateError, match="suspended"):
+        engine.resume(job)
+    with pytest.raises(services.NotAllowed, match="suspended"):
+        make_job(alice, summarizer, DOCS[:1])
+
+
+def test_a_translation_job_runs_on_a_translation_model_and_unsupported_pairs_fail_clearly(
+    alice: Any, tmp_path: Path
+) -> None:
+    from generation.tiny_models import build_tiny_marian
+
+    marian = ModelEntry.objects.create(
+        name="tiny-marian-en-de",
+        task="translate",
+        source=str(build_tiny_marian(tmp_path / "marian", "en", "de")),
+        queue=DIRECT_QUEUE,
+    )
+    parsed = inputs.parse("docs.txt", b"Hello there.\nGood night.\n", limits=services.limits())
+
+    def translate(target: str) -> Job:
+        job = services.create_job(
+            user=alice,
+            model=marian,
+            task="translate",
+            options=services.options_for("translate", target=target, source="en"),
+            source_name="docs.txt",
+            parsed=parsed,
+        )
+        run_job(job)
+        return job
+
+    german = translate("de")
+    assert (german.status, german.done_count) == (JobStatus.DONE, 2), list(
+        german.items.values_list("error", flat=True)
+    )
+    first = german.items.select_related("generation").get(index=0)
+    assert first.generation is not None
+    assert first.generation.input == {"text": "Hello there.", "target": "de", "source": "en"}
+    assert first.output == first.generation.output
+    french = translate("fr")
+    assert french.failed_count == 2
+    errors = set(french.items.values_list("error", flat=True))
+    assert len(errors) == 1 and "fr" in errors.pop()

@@ -28,6 +28,7 @@ from django.utils import timezone
 from webapp.inference import services as inference
 from webapp.inference.models import FINISHED, Generation, Priority, Status
 from webapp.jobs.models import ItemStatus, Job, JobItem, JobStatus, JobTask
+from webapp.moderation import services as moderation
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,22 @@ def _dispatch_locked(job: Job) -> int:
         refresh_counts(job.pk)
         _finish_if_empty(job)
         return 0
+    if moderation.active_suspension(job.user) is not None:
+        # A suspended account generates nothing: the job waits, paused (resuming is
+        # refused until an admin lifts the suspension).
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.PAUSED)
+        job.status = JobStatus.PAUSED
+        return 0
     in_flight = job.items.filter(status=ItemStatus.RUNNING).count()
     free = settings.ATELIER_JOB_MAX_IN_FLIGHT - in_flight
     started = 0
-    if free > 0:
-        for item in pending.order_by("index")[:free]:
+    while started < free:
+        batch = list(pending.order_by("index")[: free - started])
+        if not batch:
+            break
+        for item in batch:
+            if _blocked_input(job, item):
+                continue
             generation = inference.create_generation(
                 user=job.user,
                 model=entry,
@@ -115,6 +127,25 @@ def _dispatch_locked(job: Job) -> int:
     if not started:
         _finish_if_empty(job)
     return started
+
+
+def _blocked_input(job: Job, item: JobItem) -> bool:
+    """Check the document under the owner's content policy, as chat messages are (the
+    verdict is recorded for review); a blocked one fails with the reason, unsent. A retry
+    checks it again: a reviewer may have allowed it meanwhile."""
+    checked = moderation.check_input(job.user, item.text, task=job.task)
+    if not checked.blocked:
+        return False
+    now = timezone.now()
+    category = checked.verdict.category or "content"
+    JobItem.objects.filter(pk=item.pk, status=ItemStatus.PENDING).update(
+        status=ItemStatus.FAILED,
+        error=f"Blocked by the content policy ({category}); it was not sent to the model.",
+        finished_at=now,
+        updated_at=now,
+    )
+    Job.objects.filter(pk=job.pk).update(failed_count=F("failed_count") + 1)
+    return True
 
 
 def _finish_if_empty(job: Job) -> None:
@@ -217,8 +248,9 @@ def refresh_counts(job_id: int) -> None:
 
 
 def on_generation_finished(generation_id: int, **_: Any) -> None:
-    """Receiver of `generation_finished`: record the item and top the job up, in one
-    transaction (this runs in the worker between two generations: one commit, not many)."""
+    """Receiver of `generation_finished`: record the item and top its job up, in one
+    transaction under the job's lock. In a worker this runs between two generations
+    (the next one of the job is already queued); see docs/benchmarks.md for its cost."""
     job_id = _job_of(generation_id)
     if job_id is None:  # not a job's (a chat reply, ...)
         return
@@ -259,6 +291,9 @@ def pause(job: Job) -> None:
 
 
 def resume(job: Job) -> None:
+    suspension = moderation.active_suspension(job.user)
+    if suspension is not None:
+        raise JobStateError(moderation.suspension_message(suspension))
     started = Job.objects.filter(pk=job.pk, started_at__isnull=False)
     resumed = started.filter(status=JobStatus.PAUSED).update(status=JobStatus.RUNNING)
     resumed += Job.objects.filter(

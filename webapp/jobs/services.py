@@ -14,6 +14,7 @@ from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
 from webapp.jobs import engine, inputs
 from webapp.jobs.models import ItemStatus, Job, JobItem, JobTask, Upload
+from webapp.moderation import services as moderation
 
 UPLOAD_RETENTION = timedelta(days=1)
 LENGTHS = ("short", "medium", "long")
@@ -60,6 +61,15 @@ def options_for(
     return {"length": length}
 
 
+def check_can_start(user: User) -> None:
+    """Refuse accounts pending approval, disabled or suspended."""
+    if not user.can_generate:
+        raise NotAllowed(user.why_cannot_generate)
+    suspension = moderation.active_suspension(user)
+    if suspension is not None:
+        raise NotAllowed(moderation.suspension_message(suspension))
+
+
 def create_job(
     *,
     user: User,
@@ -71,8 +81,7 @@ def create_job(
 ) -> Job:
     """Store the job and its items (unreadable inputs as invalid items, with their error)
     and dispatch the first ones."""
-    if not user.can_generate:
-        raise NotAllowed(user.why_cannot_generate)
+    check_can_start(user)
     if model.task != task:
         raise ValueError(f"{model.name} is a {model.task} model, not a {task} model.")
     now = timezone.now()

@@ -45,8 +45,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
             upload = form.cleaned_data["file"]
             task = form.cleaned_data["task"]
             try:
-                if not user.can_generate:
-                    raise services.NotAllowed(user.why_cannot_generate)
+                services.check_can_start(user)
                 # One byte past the limit is enough for inspect() to refuse it by size.
                 data = upload.read(services.limits().max_upload_bytes + 1)
                 inputs.inspect(upload.name, data, services.limits())
