@@ -183,3 +183,22 @@ def test_oversized_import_is_refused(alice: Any, monkeypatch: pytest.MonkeyPatch
     upload = SimpleUploadedFile("big.json", b" " * 200)
     response = client_for(alice).post(reverse("chat:import"), {"file": upload}, follow=True)
     assert "too large" in response.content.decode() and not Conversation.objects.exists()
+
+
+def test_an_import_with_a_blocked_message_is_refused_and_the_verdict_recorded(
+    alice: Any,
+) -> None:
+    from webapp.moderation.models import ModerationEvent
+
+    content = HEADER + (
+        b'[{"role": "user", "content": "Hello there"},'
+        b' {"role": "assistant", "content": "Hi!"},'
+        b' {"role": "user", "content": "I will kill you"}]}'
+    )
+    response = client_for(alice).post(
+        reverse("chat:import"), {"file": SimpleUploadedFile("x.json", content)}, follow=True
+    )
+    assert "Message 3 was blocked by the content policy (violence)" in response.content.decode()
+    assert not Conversation.objects.exists()
+    event = ModerationEvent.objects.get(user=alice)
+    assert (event.action, event.task, event.text) == ("block", "chat_import", "I will kill you")

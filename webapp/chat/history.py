@@ -14,6 +14,7 @@ from webapp.chat.services import conversations_for, visible_path
 from webapp.chat.titles import TITLE_TASK
 from webapp.inference import services as inference
 from webapp.inference.models import Generation
+from webapp.moderation import services as moderation
 
 EXPORT_FORMAT = "atelier.conversation"
 EXPORT_VERSION = 1
@@ -106,6 +107,9 @@ def export_markdown(conversation: Conversation) -> str:
     return "\n".join(lines)
 
 
+IMPORT_TASK = "chat_import"  # how imported text is named in moderation records
+
+
 def import_json(user: User, raw: bytes) -> Conversation:
     """A new conversation from a file that export_json wrote; HistoryError says what is wrong."""
     if len(raw) > MAX_IMPORT_BYTES:
@@ -135,6 +139,17 @@ def import_json(user: User, raw: bytes) -> Conversation:
     system_prompt = data.get("system_prompt", "")
     if not isinstance(system_prompt, str) or "\x00" in system_prompt:
         raise HistoryError("The system prompt must be text.")
+    # Imported text reaches the model as context later, so it passes the content policy
+    # like typed text; a blocked message refuses the whole file (the verdict is recorded).
+    texts = [("The system prompt", system_prompt)] if system_prompt else []
+    texts += [(f"Message {number}", content) for number, (_, content) in enumerate(checked, 1)]
+    for label, text in texts:
+        verdict = moderation.check_input(user, text, task=IMPORT_TASK).verdict
+        if verdict.blocked:
+            raise HistoryError(
+                f"{label} was blocked by the content policy ({verdict.category or 'content'}); "
+                "nothing was imported."
+            )
     with transaction.atomic():
         conversation = Conversation.objects.create(
             user=user,
