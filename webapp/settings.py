@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "webapp.chat",
     "webapp.moderation",
     "webapp.jobs",
+    "webapp.studio",
 ]
 
 MIDDLEWARE = [
@@ -180,6 +181,12 @@ ATELIER_JOB_ZIP_MAX_UNCOMPRESSED_BYTES = env_int(
     "ATELIER_JOB_ZIP_MAX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024
 )
 ATELIER_JOB_ZIP_MAX_RATIO = env_int("ATELIER_JOB_ZIP_MAX_RATIO", 100)
+# --- One-shot pages (summarize, translate, classify an image) ---------------------------
+# Longest text one summary or translation takes (pasted or read from a file); longer
+# documents belong in a batch job.
+ATELIER_STUDIO_MAX_TEXT_CHARS = env_int("ATELIER_STUDIO_MAX_TEXT_CHARS", 100_000)
+# Largest .txt, .md or .pdf file accepted for a summary.
+ATELIER_STUDIO_MAX_UPLOAD_BYTES = env_int("ATELIER_STUDIO_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 
 LOGGING = {
     "version": 1,

@@ -15,5 +15,6 @@ urlpatterns = [
     path("chat/", include("webapp.chat.urls")),
     path("jobs/", include("webapp.jobs.urls")),
     path("moderation/", include("webapp.moderation.urls")),
+    path("studio/", include("webapp.studio.urls")),
     path("healthz", healthz),
 ]

@@ -1,0 +1,78 @@
+"""The WebSocket of one generation: `/ws/generations/<id>/?after=N` relays its events
+after sequence N (all of them by default), then live ones, ending with `done`.
+
+It is the chat consumer's relay (database first for a finished generation whose stream
+has expired, a watcher for the queue position, the done event with the stored text),
+opened on one generation of the user's own instead of by `subscribe` frames. The client
+may send `{"type": "stop"}`; anything else is answered with an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+
+from webapp.chat.consumers import CLOSE_UNAUTHENTICATED, ChatConsumer
+from webapp.inference import services as inference
+from webapp.inference import streams
+
+log = logging.getLogger(__name__)
+
+CLOSE_NOT_FOUND = 4404
+CLOSE_BAD_REQUEST = 4400
+
+
+class GenerationConsumer(ChatConsumer):
+    generation_id: int
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        self.relays = {}
+        await self.accept()
+        after = _after(self.scope.get("query_string", b""))
+        if after is None:
+            await self.send_error("bad_field", "'after' must be a whole number, 0 or more.")
+            await self.close(code=CLOSE_BAD_REQUEST)
+            return
+        generation_id = int(self.scope["url_route"]["kwargs"]["generation_id"])
+        generation = await database_sync_to_async(inference.generation_for_user)(
+            user, generation_id
+        )
+        if generation is None:  # someone else's generation looks like none at all
+            await self.send_error("not_found", "No such generation.")
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.generation_id = generation.pk
+        self.redis = streams.async_redis()
+        self.start_relay(generation.pk, after=after)
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        try:
+            frame = json.loads(text_data) if text_data is not None else None
+        except ValueError:
+            frame = None
+        generation_id = getattr(self, "generation_id", None)
+        if frame == {"type": "stop"} and generation_id is not None:
+            await database_sync_to_async(inference.stop)(generation_id)
+            return
+        await self.send_error(
+            "unknown_type", 'This socket only relays; the one message it takes is {"type": "stop"}.'
+        )
+
+
+def _after(query_string: bytes) -> int | None:
+    values = parse_qs(query_string.decode("latin-1")).get("after")
+    if not values:
+        return 0
+    raw = values[-1]
+    return int(raw) if raw.isdigit() and len(raw) < 12 else None

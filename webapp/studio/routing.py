@@ -1,0 +1,7 @@
+from django.urls import path
+
+from webapp.studio.consumers import GenerationConsumer
+
+websocket_urlpatterns = [
+    path("ws/generations/<int:generation_id>/", GenerationConsumer.as_asgi()),
+]
