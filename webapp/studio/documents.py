@@ -85,5 +85,7 @@ def _pdf_text(name: str, data: bytes) -> str:
 
 def _size(limit: int) -> str:
     if limit >= 1024 * 1024:
-        return f"{limit / (1024 * 1024):g} MiB"
-    return f"{limit / 1024:g} KiB"
+        return f"{limit / (1024 * 1024):.3g} MiB"
+    if limit >= 1024:
+        return f"{limit / 1024:.3g} KiB"
+    return f"{limit} bytes"
