@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import connections
 
 from webapp.accounts.models import User
 from webapp.catalog.services import ModelNotAvailable
@@ -27,6 +30,25 @@ from webapp.inference import services as inference
 from webapp.inference import streams
 from webapp.inference.events import DoneEvent, Usage
 from webapp.inference.models import Generation, Status
+
+R = TypeVar("R")
+# Storing a message (and queueing its reply) runs on a pool of its own, not on Channels'
+# single database thread: when many people send at once, their transactions run side by
+# side (PostgreSQL) instead of one after another. SQLite takes its write lock in turn.
+# The pool's threads close their connections after each call (a local connect costs a few
+# milliseconds), so none is left open when the process or a test database goes away.
+_writes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="chat-write")
+
+
+def in_write_pool(func: Callable[..., R]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> R:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    return database_sync_to_async(call, thread_sensitive=False, executor=_writes)
+
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +114,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_send(self, message: SendMessage) -> None:
         try:
-            posted = await database_sync_to_async(services.post_message)(
+            posted = await in_write_pool(services.post_message)(
                 self.user,
                 content=message.content,
                 conversation_id=message.conversation,
@@ -106,14 +128,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accepted("message", posted)
 
     async def handle_regenerate(self, message: Regenerate) -> None:
-        posted = await database_sync_to_async(services.regenerate)(
+        posted = await in_write_pool(services.regenerate)(
             self.user, message_id=message.message, model_id=message.model, params=message.params
         )
         await self.accepted("regenerate", posted)
 
     async def handle_edit(self, message: Edit) -> None:
         try:
-            posted = await database_sync_to_async(services.edit)(
+            posted = await in_write_pool(services.edit)(
                 self.user,
                 message_id=message.message,
                 content=message.content,
