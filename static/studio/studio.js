@@ -61,6 +61,11 @@
         $("failure").textContent = event.error;
         $("failure").hidden = false;
       }
+      const detected = $("detected-source");
+      if (detected && event.result && event.result.source) {
+        const names = JSON.parse($("language-names").textContent);
+        detected.textContent = (names[event.result.source] || event.result.source) + " (detected)";
+      }
       if ($("labels")) {
         if (event.result && event.result.labels) renderLabels(event.result.labels);
         else if (event.status === "done") location.reload(); // the labels are on the page

@@ -234,6 +234,10 @@ def result(request: HttpRequest, generation_id: int) -> HttpResponse:
             "target": language_name(target) if target else "",
             "labels": _labels(found),
             "is_image": found.kind == Kind.CLASSIFY_IMAGE,
+            # For the script, to name the language detected while the page is open.
+            "language_names": dict(languages.language_choices())
+            if found.kind == Kind.TRANSLATE
+            else None,
         },
     )
 
