@@ -13,7 +13,7 @@ from generation.specs import Task
 from generation.translate import LANGUAGES, language_name
 from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
-from webapp.catalog.services import usable_model
+from webapp.catalog.services import ModelNotAvailable, usable_model
 from webapp.inference import services as inference
 from webapp.inference import uploads
 from webapp.moderation import services as moderation
@@ -79,7 +79,7 @@ def _check_text(user: User, text: str, task: str) -> moderation.Checked:
 def _model(user: User, task: str, model_id: int | None) -> ModelEntry:
     try:
         return usable_model(user, task, model_id)
-    except Exception as exc:  # ModelNotAvailable: its message is for the user
+    except ModelNotAvailable as exc:  # its message is for the user
         raise Refused(str(exc)) from None
 
 
