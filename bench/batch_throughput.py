@@ -8,9 +8,12 @@ preset's 64 tokens on both sides: each document costs the same real decoding wor
 what the job adds (the database, Redis, the queue, the engine's bookkeeping) shows.
 Both sides use the same number of torch threads (--threads, default 1) and greedy decoding.
 
-The job side is timed from the job's creation to the moment its last item is recorded
-(as the database says: created_at to finished_at) after a one-document warm-up job
-has loaded the model in the worker; the loop side after a one-document warm-up too.
+The two sides alternate in --rounds (default 4): the loop over a quarter of the documents,
+then a job over the same quarter, and so on, so that both meet the same load on a shared
+machine. A job is timed from its creation to its last item recorded (the database's
+created_at to finished_at), after a one-document warm-up job has loaded the model in the
+worker; the loop after a warm-up call. Besides the ratio it prints where the job's time
+goes: the generations' own time in the worker (started to finished) and the rest.
 
     HF_HUB_OFFLINE=1 DATABASE_URL=postgres://... REDIS_URL=redis://... \\
         .venv/bin/python bench/batch_throughput.py [--docs 1000] [--threads 1]
@@ -31,6 +34,7 @@ import secrets
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=1000, help="documents (default 1000)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two sides")
     parser.add_argument("--in-flight", type=int, default=None, help="ATELIER_JOB_MAX_IN_FLIGHT")
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -123,8 +128,8 @@ def setup_database(run_id: str, model: Path) -> tuple[Any, Any]:
     return user, entry
 
 
-def direct_loop(entry: Any, docs: list[str], threads: int) -> float:
-    """Seconds to summarize every document with the model called directly, in order."""
+def direct_summarizer(entry: Any, threads: int) -> Callable[[str], str]:
+    """The model loaded in this process, warmed up: text -> summary, as the worker calls it."""
     import torch
 
     from generation.loading import load_causal_lm
@@ -139,12 +144,15 @@ def direct_loop(entry: Any, docs: list[str], threads: int) -> float:
         stream.run(lambda piece: None)
         return stream.text
 
-    summarize(docs[0])  # warm-up
+    summarize("A warm-up document. It has two sentences.")
+    return summarize
+
+
+def direct_loop(summarize: Callable[[str], str], docs: list[str]) -> float:
+    """Seconds to summarize every document with the model called directly, in order."""
     start = time.perf_counter()
-    for index, text in enumerate(docs):
+    for text in docs:
         summarize(text)
-        if (index + 1) % max(1, len(docs) // 10) == 0:
-            progress(f"  direct loop: {index + 1}/{len(docs)}")
     return time.perf_counter() - start
 
 
@@ -183,6 +191,7 @@ def measure(args: argparse.Namespace, var_dir: Path, run_id: str) -> dict[str, A
     progress("building the tiny model and the database")
     user, entry = setup_database(run_id, build_model(var_dir))
     from webapp.inference.models import Generation
+    from webapp.jobs.models import JobItem
 
     docs = documents(args.docs)
     figures: dict[str, Any] = {
@@ -194,25 +203,46 @@ def measure(args: argparse.Namespace, var_dir: Path, run_id: str) -> dict[str, A
         "date": dt.date.today().isoformat(),
         "load_before": os.getloadavg()[0],
     }
+    rounds = [docs[i * len(docs) // args.rounds : (i + 1) * len(docs) // args.rounds]
+              for i in range(args.rounds)]  # fmt: skip
+    figures.update(direct_seconds=0.0, job_seconds=0.0, job_done=0, job_failed=0, rounds=[])
     try:
-        progress(f"direct loop over {args.docs} documents")
-        figures["direct_seconds"] = direct_loop(entry, docs, args.threads)
-        figures["load_between"] = os.getloadavg()[0]
+        summarize = direct_summarizer(entry, args.threads)
         env = process_env(DATABASE_URL=database_url(connection.settings_dict))
         connection.close()
+        job_ids = []
         with celery_worker(env, [entry.queue], var_dir / "worker.log"):
             progress("warming the worker up (one-document job)")
             run_job(user, entry, docs[:1])
-            progress(f"job over {args.docs} documents")
-            job = run_job(user, entry, docs)
-        figures["job_seconds"] = (job.finished_at - job.created_at).total_seconds()
-        figures["job_done"] = job.done_count
-        figures["job_failed"] = job.failed_count
+            for number, chunk in enumerate(rounds, start=1):
+                # Alternate the two sides so that both meet the same load on a shared machine.
+                progress(f"round {number}/{args.rounds}: direct loop over {len(chunk)} documents")
+                direct = direct_loop(summarize, chunk)
+                progress(f"round {number}/{args.rounds}: job over {len(chunk)} documents")
+                job = run_job(user, entry, chunk)
+                seconds = (job.finished_at - job.created_at).total_seconds()
+                figures["rounds"].append(
+                    {
+                        "docs": len(chunk),
+                        "direct_seconds": direct,
+                        "job_seconds": seconds,
+                        "ratio": direct / seconds,
+                        "load": os.getloadavg()[0],
+                    }
+                )
+                progress(f"  ratio {direct / seconds:.3f}")
+                figures["direct_seconds"] += direct
+                figures["job_seconds"] += seconds
+                figures["job_done"] += job.done_count
+                figures["job_failed"] += job.failed_count
+                job_ids.append(job.pk)
+                if number == 1:
+                    figures["load_between"] = os.getloadavg()[0]
         figures["load_after"] = os.getloadavg()[0]
         per_item = list(
-            Generation.objects.filter(pk__in=job.items.values("generation_id")).values_list(
-                "started_at", "finished_at", "completion_tokens"
-            )
+            Generation.objects.filter(
+                pk__in=JobItem.objects.filter(job_id__in=job_ids).values("generation_id")
+            ).values_list("started_at", "finished_at", "completion_tokens")
         )
         figures["worker_busy_seconds"] = sum(
             (end - start).total_seconds() for start, end, _ in per_item if start and end
@@ -253,16 +283,23 @@ def report(figures: dict[str, Any]) -> bool:
     )
     print(
         f"  where the job's time goes: generations in the worker {busy / docs * 1000:.0f} ms "
-        f"per document ({figures['generation_slowdown']:.2f}x the direct call: stop-flag "
-        f"checks, streaming to Redis), between generations {figures['gap_ms_per_item']:.0f} ms "
-        "(claim, record and top-up, the wake-up message)"
+        f"per document ({figures['generation_slowdown']:.2f}x the direct call: the stop flag "
+        "read from Redis at every step, streaming to Redis, the output safety check), "
+        f"between generations {figures['gap_ms_per_item']:.0f} ms (the claim, recording the "
+        "output verdict, the job's record and top-up with the next document's input check, "
+        "the wake-up message)"
     )
     met = ratio >= TARGET_RATIO and figures["job_done"] == docs
     print(
         f"  ratio job/direct: {ratio:.3f}  (target >= {TARGET_RATIO}: {'met' if met else 'MISS'})"
     )
     loads = [figures["load_before"], figures["load_between"], figures["load_after"]]
-    print("  load average before / between / after: " + " / ".join(f"{x:.2f}" for x in loads))
+    print(
+        "  load average before / after round 1 / at the end: "
+        + " / ".join(f"{x:.2f}" for x in loads)
+    )
+    rounds = ", ".join(f"{r['ratio']:.2f}" for r in figures["rounds"])
+    print(f"  ratio per round (direct loop, then job, on the same documents): {rounds}")
     if max(loads) > BUSY_LOAD * (os.cpu_count() or 1) + 1:
         print(
             "  WARNING: the machine was busy (other processes compete for the cores); "
