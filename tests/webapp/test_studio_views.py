@@ -22,7 +22,6 @@ from webapp.catalog.models import ModelEntry
 from webapp.inference.models import Generation, Priority, Status
 from webapp.moderation import services as moderation
 from webapp.moderation.models import ModerationEvent
-from webapp.studio import documents
 from webapp.studio.models import Result
 
 pytestmark = pytest.mark.django_db
@@ -221,20 +220,55 @@ def test_a_file_that_cannot_be_used_is_refused_and_the_text_is_kept(
     assert not Generation.objects.exists() and not Result.objects.exists()
 
 
-@pytest.mark.skipif(documents.pdf_supported(), reason="pypdf is installed: PDFs are read")
-def test_a_pdf_is_refused_with_the_reason_when_pypdf_is_missing(
+def make_pdf(text: str) -> bytes:
+    """A one-page PDF with a text layer, written by hand (objects, then the xref table)."""
+    stream = f"BT /F1 14 Tf 20 100 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 500 144] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def test_a_pdf_is_summarized_from_its_text_layer(alice: Any, models: dict[str, ModelEntry]) -> None:
+    pdf = SimpleUploadedFile("paper.pdf", make_pdf("The river rose by three metres in May."))
+    response = client_for(alice).post("/studio/summarize/", {"length": "short", "file": pdf})
+    assert response.status_code == 302
+    generation = Generation.objects.get()
+    assert generation.input == {"text": "The river rose by three metres in May.", "length": "short"}
+
+
+def test_a_pdf_without_text_or_damaged_is_refused_clearly(
     alice: Any, models: dict[str, ModelEntry]
 ) -> None:
     client = client_for(alice)
-    assert (
-        "PDF files cannot be read on this server"
-        in client.get("/studio/summarize/").content.decode()
-    )
-    pdf = SimpleUploadedFile("paper.pdf", b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n")
-    response = client.post("/studio/summarize/", {"text": REPORT, "length": "short", "file": pdf})
-    assert response.status_code == 400
-    assert "the pypdf package is not installed" in error(response.content.decode())
-    assert textarea(response.content.decode()) == REPORT and not Generation.objects.exists()
+    for data, message in (
+        (make_pdf(""), "has no text layer"),
+        (b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n", "could not be read as a PDF"),
+    ):
+        upload = SimpleUploadedFile("paper.pdf", data)
+        response = client.post(
+            "/studio/summarize/", {"text": REPORT, "length": "short", "file": upload}
+        )
+        assert response.status_code == 400 and message in error(response.content.decode())
+        assert textarea(response.content.decode()) == REPORT
+    assert not Generation.objects.exists()
 
 
 def test_size_and_length_limits_are_clear(

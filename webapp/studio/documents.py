@@ -3,7 +3,6 @@ too large, of another type, or not what their name says. Pure functions: no Djan
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from pathlib import PurePath
 
@@ -14,11 +13,6 @@ ACCEPTED = ".txt, .md or .pdf"
 
 class DocumentError(ValueError):
     """The file was refused; the message can be shown as it is."""
-
-
-def pdf_supported() -> bool:
-    """PDF text needs the optional pypdf package."""
-    return importlib.util.find_spec("pypdf") is not None
 
 
 def read_document(name: str, data: bytes, *, max_bytes: int, max_chars: int) -> str:
@@ -61,11 +55,6 @@ def _decode(name: str, data: bytes) -> str:
 def _pdf_text(name: str, data: bytes) -> str:
     if not data.startswith(b"%PDF-"):
         raise DocumentError(f"“{name}” is not a PDF file (its content is not PDF)")
-    if not pdf_supported():
-        raise DocumentError(
-            "PDF files cannot be read on this server (the pypdf package is not installed); "
-            "copy the text into the box, or upload a .txt or .md file"
-        )
     import pypdf
 
     try:

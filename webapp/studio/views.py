@@ -105,7 +105,6 @@ def summarize(request: HttpRequest) -> HttpResponse:
             "lengths": services.LENGTHS,
             "max_chars": services.max_text_chars(),
             "max_upload": settings.ATELIER_STUDIO_MAX_UPLOAD_BYTES,
-            "pdf_supported": documents.pdf_supported(),
             **problem,
         },
         status=400 if problem else 200,
