@@ -245,6 +245,10 @@ def resolve_model(name: str) -> tuple[Path, str]:
     return folder, backend
 
 
+def _mib(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
     base = rows[0]
     unit = base.get("unit", "tokens")
@@ -262,7 +266,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             continue
         ok = "error" not in base
         lines.append(
-            f"| {r['mode']} | {r['load_s']:.2f} | {r['rss_mib']:.0f} | {r['weights_mib']:.0f} "
+            f"| {r['mode']} | {r['load_s']:.2f} | {r['rss_mib']:.0f} | {_mib(r['weights_mib'])} "
             f"| {r['weights_mib'] / base['weights_mib']:.0%} | {r['tokens_per_s']:.1f} "
             f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['perplexity']:.3f} "
             f"| {(r['perplexity'] / base['perplexity'] - 1) * 100:+.2f}% |"
@@ -273,8 +277,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
                 else ""
             )
             if ok
-            else f"| {r['mode']} | {r['load_s']:.2f} | {r['rss_mib']:.0f} | {r['weights_mib']:.0f} "
-            f"| | {r['tokens_per_s']:.1f} | | {r['perplexity']:.3f} | |"
+            else f"| {r['mode']} | {r['load_s']:.2f} | {r['rss_mib']:.0f} "
+            f"| {_mib(r['weights_mib'])} | | {r['tokens_per_s']:.1f} | | {r['perplexity']:.3f} | |"
         )
     return lines
 
