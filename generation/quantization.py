@@ -43,32 +43,16 @@ def _conv1d_to_linear(model: nn.Module) -> None:
                 setattr(parent, name, linear)
 
 
-def apply_int8_dynamic(model: nn.Module, calibration_ids: torch.Tensor | None = None) -> nn.Module:
-    """Dynamic int8 quantization for CPU inference: Linear layers with per-channel weight
-    scales, GRU/LSTM layers per tensor. With `calibration_ids` (token ids of a sample text),
-    activation outliers are smoothed into the weights first (Llama-style decoders).
-
-    A language model's output projection (the vocabulary head) stays float: quantizing it
-    costs the most quality per byte saved, and where it shares the embedding's weights it
-    saves nothing."""
-    from torch.ao.quantization import (
-        default_dynamic_qconfig,
-        per_channel_dynamic_qconfig,
-        quantize_dynamic,
-    )
+def apply_int8_dynamic(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of Linear (and recurrent) layers, for CPU inference."""
+    from torch.ao.quantization import quantize_dynamic
 
     _conv1d_to_linear(model)
-    output_embeddings = getattr(model, "get_output_embeddings", None)
-    head = output_embeddings() if callable(output_embeddings) else None
-    spec: dict[Any, Any] = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if type(module) is nn.Linear and module is not head
-    }
-    spec.update({nn.GRU: default_dynamic_qconfig, nn.LSTM: default_dynamic_qconfig})
     # torch.ao marks itself deprecated in favour of torchao; it is still the CPU path that
     # needs no extra build, so silence the notice rather than every log line of the worker.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(
+            model, {nn.Linear, nn.GRU, nn.LSTM}, dtype=torch.qint8, inplace=True
+        )
