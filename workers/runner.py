@@ -88,10 +88,10 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
     def on_text(piece: str) -> None:
         send(guard.feed(piece) if guard is not None else piece)
 
+    stop_watch = streams.StopWatch(generation_id)
+
     def should_stop() -> bool:
-        return (guard is not None and guard.blocked is not None) or streams.stop_requested(
-            generation_id
-        )
+        return (guard is not None and guard.blocked is not None) or stop_watch()
 
     try:
         handle = handlers.handler_for(generation.task)
@@ -114,6 +114,8 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
         )
         _fail(writer, generation_id, message, partial=writer.text)
         return
+    finally:
+        stop_watch.close()
 
     stats = outcome.stats
     output = writer.text if outcome.output is None else outcome.output
