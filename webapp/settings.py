@@ -163,6 +163,9 @@ ATELIER_GENERATION_MAX_ATTEMPTS = env_int("ATELIER_GENERATION_MAX_ATTEMPTS", 2)
 # --- Moderation -----------------------------------------------------------------------
 # Confirmed strikes within the window that suspend an account automatically (0: never).
 ATELIER_STRIKES_TO_SUSPEND = env_int("ATELIER_STRIKES_TO_SUSPEND", 3)
+# Streamed output is checked (and released) at each sentence end or after this many new
+# characters, at a word boundary: smaller streams more smoothly, larger checks less often.
+ATELIER_OUTPUT_CHECK_CHARS = env_int("ATELIER_OUTPUT_CHECK_CHARS", 24)
 ATELIER_STRIKE_WINDOW_DAYS = env_int("ATELIER_STRIKE_WINDOW_DAYS", 30)
 # Audit entries older than this are deleted by `manage.py purge_audit`.
 ATELIER_AUDIT_RETENTION_DAYS = env_int("ATELIER_AUDIT_RETENTION_DAYS", 365)

@@ -26,6 +26,8 @@ has passed. `record` stores the whole text, withheld part included, for the revi
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from generation.safety import SafetyFilter, StreamChecker, StreamUpdate, Verdict
 from webapp.accounts.models import User
 from webapp.inference.models import Generation
@@ -43,12 +45,15 @@ class OutputGuard:
         named: config.NamedPolicy,
         safety: SafetyFilter,
         *,
-        every_chars: int = 160,
+        every_chars: int | None = None,
     ) -> None:
         self.user = user
         self.task = task
         self.policy_name = named.name
-        self.checker = StreamChecker(safety, named.policy, every_chars=every_chars)
+        # Small steps keep the reply streaming: text is held only until its words are
+        # whole and checked (a sentence end also releases at once).
+        step = every_chars or settings.ATELIER_OUTPUT_CHECK_CHARS
+        self.checker = StreamChecker(safety, named.policy, every_chars=step)
         self._recorded = False
         self._blocked: Verdict | None = None
 
