@@ -283,8 +283,8 @@ def report(figures: dict[str, Any]) -> bool:
     )
     print(
         f"  where the job's time goes: generations in the worker {busy / docs * 1000:.0f} ms "
-        f"per document ({figures['generation_slowdown']:.2f}x the direct call: the stop flag "
-        "read from Redis at every step, streaming to Redis, the output safety check), "
+        f"per document ({figures['generation_slowdown']:.2f}x the direct call: streaming to "
+        "Redis, the output safety check, the first-token and finish writes), "
         f"between generations {figures['gap_ms_per_item']:.0f} ms (the claim, recording the "
         "output verdict, the job's record and top-up with the next document's input check, "
         "the wake-up message)"
