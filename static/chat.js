@@ -220,10 +220,12 @@
       body.innerHTML = event.html; // rendered and sanitized on the server
       state.el.classList.remove("streaming");
       state.el.dataset.status = event.status;
-      if (event.status === "stopped" || event.status === "failed") {
+      if (event.status === "stopped" || event.status === "failed" || event.status === "blocked") {
         const meta = document.createElement("div");
-        meta.className = "meta" + (event.status === "failed" ? " error" : "");
-        meta.textContent = event.status === "failed" ? event.error : "stopped";
+        meta.className = "meta" + (event.status === "stopped" ? "" : " error");
+        meta.textContent =
+          event.status === "failed" ? event.error
+          : event.status === "blocked" ? "blocked by the content policy" : "stopped";
         state.el.insertBefore(meta, state.el.querySelector(".tools"));
       }
       live.delete(event.generation);
