@@ -92,3 +92,31 @@ def test_markdown_renders_code_blocks_lists_and_safe_links() -> None:
     assert "<strong>bold</strong>" in html and "<li>a</li>" in html
     assert 'class="language-python"' in html
     assert 'href="https://example.org"' in html and "noopener" in html
+
+
+def test_one_shot_results_are_listed_beside_the_chats_of_their_owner_only(
+    alice: Any, bob: Any, chat_model: Any
+) -> None:
+    from webapp.inference.models import Generation
+    from webapp.studio.models import Result
+
+    def result(user: Any, title: str) -> Result:
+        generation = Generation.objects.create(
+            user=user, model=chat_model, model_name=chat_model.name, task="summarize",
+            input={"text": "x", "length": "short"}, status=Status.DONE, output="y",
+        )  # fmt: skip
+        return Result.objects.create(
+            user=user, generation=generation, kind="summarize", title=title
+        )
+
+    mine = result(alice, "Quarterly flood report")
+    result(bob, "Bob's secret memo")
+    page = logged_in(alice).get(reverse("chat:home")).content.decode()
+    assert "Quarterly flood report" in page and "Bob&#x27;s secret memo" not in page
+    assert f'href="/studio/result/{mine.generation_id}/"' in page
+    searched = logged_in(alice).get(reverse("chat:home"), {"q": "nothing like it"})
+    assert "Quarterly flood report" not in searched.content.decode()
+    assert (
+        'id="results"'
+        not in logged_in(bob).get(reverse("chat:home"), {"q": "zzz"}).content.decode()
+    )

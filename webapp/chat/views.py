@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -10,6 +12,9 @@ from webapp.accounts.models import User
 from webapp.catalog.services import usable_models
 from webapp.chat import history, services
 from webapp.chat.rendering import render_markdown
+from webapp.studio import services as studio
+
+RECENT_RESULTS = 8  # one-shot results listed in the chat sidebar
 
 
 def _page(request: HttpRequest, conversation: services.Conversation | None) -> HttpResponse:
@@ -38,12 +43,22 @@ def _page(request: HttpRequest, conversation: services.Conversation | None) -> H
         {
             "conversation": conversation,
             "conversations": history.search(user, request.GET.get("q", ""))[:200],
+            "results": _recent_results(user, request.GET.get("q", "")),
             "query": request.GET.get("q", ""),
             "shown": shown,
             "models": models,
             "selected_model": selected,
         },
     )
+
+
+def _recent_results(user: User, query: str) -> list[Any]:
+    """The user's latest one-shot results (summaries, translations, image labels), shown
+    beside their chats; a search narrows them by title too."""
+    results = studio.results_for(user)
+    if query.strip():
+        results = results.filter(title__icontains=query.strip())
+    return list(results[:RECENT_RESULTS])
 
 
 @login_required
