@@ -202,7 +202,9 @@ def _locked_conversation(user: User, conversation_id: int) -> Conversation:
     return found
 
 
-def _check_can_generate(user: User) -> None:
+def check_can_generate(user: User) -> None:
+    """Refuse pending or disabled accounts (NotAllowed), suspended ones (Suspended) and
+    users at their limit of generations in progress (inference.LimitReached)."""
     if not user.can_generate:
         raise NotAllowed(user.why_cannot_generate)
     suspension = moderation.active_suspension(user)
@@ -254,7 +256,7 @@ def post_message(
 
     The message is checked against the content policy first: a blocked one is stored (for
     review) but starts no reply, and InputBlocked is raised once it is committed."""
-    _check_can_generate(user)
+    check_can_generate(user)
     model = usable_model(user, Task.CHAT, model_id)
     with transaction.atomic():
         created = conversation_id is None
@@ -294,7 +296,7 @@ def regenerate(
     user: User, *, message_id: int, model_id: int | None, params: SamplingParams
 ) -> Posted:
     """A new reply beside an assistant message (a sibling), from the same history."""
-    _check_can_generate(user)
+    check_can_generate(user)
     model = usable_model(user, Task.CHAT, model_id)
     with transaction.atomic():
         message = message_for(user, message_id)
@@ -318,7 +320,7 @@ def edit(
     """A new version of a user message (a sibling of it: a new branch) and a reply to it.
     The original message and everything after it stay, one branch away. The new version
     is checked like a new message (InputBlocked when the policy blocks it)."""
-    _check_can_generate(user)
+    check_can_generate(user)
     model = usable_model(user, Task.CHAT, model_id)
     with transaction.atomic():
         message = message_for(user, message_id)

@@ -14,6 +14,7 @@ from generation.translate import LANGUAGES, language_name
 from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import ModelNotAvailable, usable_model
+from webapp.chat import services as chat
 from webapp.inference import services as inference
 from webapp.inference import uploads
 from webapp.moderation import services as moderation
@@ -46,15 +47,11 @@ def max_text_chars() -> int:
 
 
 def check_can_generate(user: User) -> None:
-    """Refuse pending or disabled accounts, suspended ones and users at their limit."""
-    if not user.can_generate:
-        raise Refused(user.why_cannot_generate)
-    suspension = moderation.active_suspension(user)
-    if suspension is not None:
-        raise Refused(moderation.suspension_message(suspension))
+    """Chat's checks (pending or disabled accounts, suspended ones, users at their limit),
+    each refusal given as Refused with its message."""
     try:
-        inference.check_concurrency(user)
-    except inference.LimitReached as exc:
+        chat.check_can_generate(user)
+    except (chat.NotAllowed, inference.LimitReached) as exc:
         raise Refused(str(exc)) from None
 
 
