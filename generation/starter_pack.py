@@ -53,8 +53,8 @@ STARTER_PACK: tuple[StarterModel, ...] = (
             Registration(
                 f"{SMOLLM2} (summaries)",
                 Task.SUMMARIZE,
-                "SmolLM2 asked for a summary: short texts do best; long ones are summarized "
-                "part by part.",
+                "SmolLM2 asked for a summary. A small model: it may paraphrase rather than "
+                "condense, and can get facts wrong; long texts are summarized part by part.",
                 quantization=Quantization.INT8_DYNAMIC,
             ),
             Registration(
