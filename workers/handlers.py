@@ -26,13 +26,13 @@ from generation.streaming import StreamStats, TokenStream
 from generation.summarize import SummaryLength, SummaryStream
 from generation.translate import TranslationStream
 from generation.vision import ImageLimits, classify_image
+from webapp.chat.titles import TITLE_TASK  # a chat request at background priority
 from webapp.inference import uploads
 from webapp.inference.models import Generation
 
 OnText = Callable[[str], None]
 ShouldStop = Callable[[], bool]
 
-TITLE_TASK = "chat_title"  # webapp.chat.titles.TITLE_TASK: a chat request at background priority
 MAX_TOP_K = 20
 MAX_EMBED_TEXTS = 256
 
