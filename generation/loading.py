@@ -206,19 +206,40 @@ def load_text_encoder(spec: ModelSpec) -> LoadedModel:
     return _load_pretrained(spec, "embeddings", model, _tokenizer)
 
 
-def is_encoder_decoder_source(spec: ModelSpec) -> bool:
-    """Whether the spec's config describes an encoder-decoder model (read without weights)."""
+def load_text_classifier(spec: ModelSpec) -> LoadedModel:
+    """Load a text-classification model (e.g. a toxicity classifier) and tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    def model(source: str, kwargs: dict[str, Any]) -> Any:
+        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+
+    return _load_pretrained(spec, "text classification", model, _tokenizer)
+
+
+def _read_config(spec: ModelSpec) -> Any:
+    """The spec's model config, read without the weights."""
     from transformers import AutoConfig
 
     source = _resolve_source(spec)
     try:
-        config = AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source)
     except Exception as exc:
         cause = f"{type(exc).__name__}: {exc}"
         raise ModelLoadError(
             f"model {spec.name!r} could not be loaded from {spec.source}: {cause}"
         ) from exc
-    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def is_encoder_decoder_source(spec: ModelSpec) -> bool:
+    """Whether the spec's config describes an encoder-decoder model (read without weights)."""
+    return bool(getattr(_read_config(spec), "is_encoder_decoder", False))
+
+
+def is_sequence_classifier_source(spec: ModelSpec) -> bool:
+    """Whether the spec's config names a text-classification architecture (e.g.
+    BertForSequenceClassification), as opposed to a language model."""
+    architectures = getattr(_read_config(spec), "architectures", None) or []
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
@@ -235,4 +256,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         and is_encoder_decoder_source(spec)
     ):
         return load_seq2seq_lm(spec)
-    return load_causal_lm(spec)
+    if (
+        spec.task is Task.MODERATION
+        and spec.backend is Backend.TRANSFORMERS
+        and is_sequence_classifier_source(spec)
+    ):
+        return load_text_classifier(spec)
+    return load_causal_lm(spec)  # chat, or a generative safety model

@@ -5,7 +5,9 @@ They are saved and then loaded through the real from_pretrained path, like any m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -27,8 +29,9 @@ _CORPUS = [
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def train_tokenizer(vocab_size: int = 300) -> object:
-    """A byte-level BPE tokenizer trained on a small corpus, with ChatML special tokens."""
+def train_tokenizer(vocab_size: int = 300, corpus: Sequence[str] = ()) -> Any:
+    """A byte-level BPE tokenizer trained on a small corpus (`corpus`, or the shipped one),
+    with ChatML special tokens and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -40,7 +43,7 @@ def train_tokenizer(vocab_size: int = 300) -> object:
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    raw.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    raw.train_from_iterator(list(corpus) or _CORPUS * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token="<|endoftext|>",  # noqa: S106 - token names, not passwords
@@ -61,9 +64,9 @@ def build_tiny_causal_lm(
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     tokenizer = train_tokenizer()
-    vocab = len(tokenizer)  # type: ignore[arg-type]
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")  # type: ignore[attr-defined]
-    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # type: ignore[attr-defined]
+    vocab = len(tokenizer)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config: LlamaConfig | GPT2Config
     if family == "llama":
         config = LlamaConfig(
@@ -96,5 +99,5 @@ def build_tiny_causal_lm(
     model = AutoModelForCausalLM.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(folder)
     return folder

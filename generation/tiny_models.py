@@ -331,43 +331,48 @@ def build_tiny_resnet(folder: Path, seed: int = 0, labels: tuple[str, ...] = IMA
     return _save(folder, model, processor)
 
 
-def build_tiny_bert(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
-    """A BERT encoder (no head) with a WordPiece tokenizer, shaped like all-MiniLM-L6-v2."""
-    import torch
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))  # noqa: S106
+
+def bert_tokenizer(raw: Any, max_length: int) -> Any:
+    """A trained `tokenizers.Tokenizer` (whose first ids are BERT_SPECIALS) wrapped as BERT's:
+    lowercasing, BERT's pre-tokenizer, "[CLS] text [SEP]"."""
+    from tokenizers import normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
     raw.normalizer = normalizers.BertNormalizer(lowercase=True)
     raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.decoder = decoders.WordPiece()
-    raw.train_from_iterator(
-        SEQ2SEQ_CORPUS * 4,
-        trainer=trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials),
-    )
     raw.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", raw.token_to_id("[CLS]")), ("[SEP]", raw.token_to_id("[SEP]"))],
     )
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=raw,
         pad_token="[PAD]",  # noqa: S106
         unk_token="[UNK]",  # noqa: S106
         cls_token="[CLS]",  # noqa: S106
         sep_token="[SEP]",  # noqa: S106
         mask_token="[MASK]",  # noqa: S106
-        model_max_length=128,
+        model_max_length=max_length,
     )
+
+
+def build_tiny_bert(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    """A BERT encoder (no head) with a WordPiece tokenizer, shaped like all-MiniLM-L6-v2."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel
+
+    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))  # noqa: S106
+    raw.decoder = decoders.WordPiece()
+    raw.normalizer = normalizers.BertNormalizer(lowercase=True)  # (before training)
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    raw.train_from_iterator(
+        SEQ2SEQ_CORPUS * 4,
+        trainer=trainers.WordPieceTrainer(vocab_size=400, special_tokens=BERT_SPECIALS),
+    )
+    tokenizer = bert_tokenizer(raw, max_length=128)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

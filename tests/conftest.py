@@ -89,6 +89,28 @@ def endless_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFac
     return folder
 
 
+# Made-up words the tiny moderation models learnt to find harmful (no rule or built-in
+# classifier knows them, so only a moderation model can catch them).
+TOXIC_TRIGGERS = {"grumbleflax": "insult", "snorbwick": "threat"}
+JUDGE_TRIGGERS = {"grumbleflax": "S10", "snorbwick": "S1"}
+
+
+@pytest.fixture(scope="session")
+def tiny_toxicity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny BERT toxicity classifier (labels non-toxic, insult, threat)."""
+    from generation.tiny_moderation import build_tiny_toxicity_classifier
+
+    return build_tiny_toxicity_classifier(tmp_path_factory.mktemp("tiny-toxic"), TOXIC_TRIGGERS)
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny generative safety model answering Llama Guard's way."""
+    from generation.tiny_moderation import build_tiny_safety_judge
+
+    return build_tiny_safety_judge(tmp_path_factory.mktemp("tiny-judge"), JUDGE_TRIGGERS)
+
+
 @pytest.fixture
 def make_user(db: Any) -> Any:
     from webapp.accounts.models import User

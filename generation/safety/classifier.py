@@ -8,8 +8,8 @@ directly: the same arithmetic as the package's `predict_prob` (a test checks it 
 1e-9), at a few microseconds per text instead of milliseconds of scikit-learn overhead,
 and with each word's share of the score, which is the explanation.
 
-Catalog models (a toxicity classifier, a generative safety model run on the worker) can
-be wrapped in the same protocol later.
+Catalog models (a toxicity classifier, a generative safety model), run on the worker,
+follow the same protocol: see `model_layer`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class ClassifierScore:
     score: float  # probability that the text is offensive, 0..1
     # The words that pushed the score up, most first: (word, share of the decision value).
     words: tuple[tuple[str, float], ...] = ()
+    # For a classifier with several labels: the one scored (else the classifier's category).
+    category: str | None = None
+    note: str = ""  # more for the explanation, e.g. what a generative safety model answered
 
 
 @runtime_checkable

@@ -135,7 +135,14 @@ def _importance(finding: Finding) -> tuple[int, float, int]:
 
 
 _POLICY_FIELDS = frozenset(
-    {"actions", "flag_threshold", "block_threshold", "output_check", "use_classifier"}
+    {
+        "actions",
+        "flag_threshold",
+        "block_threshold",
+        "output_check",
+        "use_classifier",
+        "model_classifiers",
+    }
 )
 
 
@@ -145,13 +152,19 @@ class Policy:
     flag_threshold: float = 0.85
     block_threshold: float = 0.98
     output_check: OutputCheck = OutputCheck.STREAMING
-    use_classifier: bool = True
+    use_classifier: bool = True  # the built-in classifier (alt-profanity-check)
+    # Catalog models (task "moderation") that also classify, by name; they run on the
+    # worker, instead of or in addition to the built-in classifier.
+    model_classifiers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "actions", {str(k): Action(v) for k, v in dict(self.actions).items()}
         )
         object.__setattr__(self, "output_check", OutputCheck(self.output_check))
+        object.__setattr__(
+            self, "model_classifiers", tuple(dict.fromkeys(map(str, self.model_classifiers)))
+        )
         if not 0.0 <= self.flag_threshold <= self.block_threshold <= 1.0:
             raise ValueError(
                 "thresholds must satisfy 0 <= flag_threshold <= block_threshold <= 1 "
@@ -188,6 +201,7 @@ class Policy:
             "block_threshold": self.block_threshold,
             "output_check": str(self.output_check),
             "use_classifier": self.use_classifier,
+            "model_classifiers": list(self.model_classifiers),
         }
 
 
@@ -198,14 +212,25 @@ class SafetyFilter:
     """Checks texts against a rule set and classifiers; safe to share between threads.
 
     Build it once per process (the classifier loads on first use) and pass the policy of
-    the user's group to each check.
+    the user's group to each check. `classifiers` are the built-in ones, run when the
+    policy's `use_classifier` is set; `models` are catalog models, each run when the
+    policy names it in `model_classifiers` (`with_models` adds them where they are loaded,
+    on a worker).
     """
 
     def __init__(
-        self, rules: RuleSet | None = None, classifiers: Sequence[TextClassifier] = ()
+        self,
+        rules: RuleSet | None = None,
+        classifiers: Sequence[TextClassifier] = (),
+        models: Sequence[TextClassifier] = (),
     ) -> None:
         self._rules = rules if rules is not None else RuleSet()
         self.classifiers = tuple(classifiers)
+        self.models = tuple(models)
+
+    def with_models(self, models: Sequence[TextClassifier]) -> SafetyFilter:
+        """The same rules and built-in classifiers, with these catalog models as well."""
+        return SafetyFilter(self._rules, self.classifiers, models)
 
     @classmethod
     def default(cls) -> SafetyFilter:
@@ -230,9 +255,13 @@ class SafetyFilter:
         rules = self._rules  # one set for the whole check, even if swapped meanwhile
         scan = rules.scan(text)
         findings = [self._rule_finding(match, policy) for match in scan.matches]
-        if policy.use_classifier and self.classifiers:
+        classifiers = [
+            *(self.classifiers if policy.use_classifier else ()),
+            *(model for model in self.models if model.name in policy.model_classifiers),
+        ]
+        if classifiers:
             readable = _without_spans(text, scan.allowed_spans) if scan.allowed_spans else text
-            findings.extend(self._classify(readable, policy))
+            findings.extend(self._classify(readable, policy, classifiers))
         return Verdict.from_findings(findings)
 
     @staticmethod
@@ -250,20 +279,26 @@ class SafetyFilter:
             span=match.span,
         )
 
-    def _classify(self, text: NormalizedText, policy: Policy) -> list[Finding]:
+    @staticmethod
+    def _classify(
+        text: NormalizedText, policy: Policy, classifiers: Sequence[TextClassifier]
+    ) -> list[Finding]:
         # Obfuscation must never lower the score: score every reading, keep the worst. The
         # raw text goes in without its invisible characters, which only cut words apart.
         raw = without_invisibles(text.original)
         readings = list(dict.fromkeys([raw, text.text, *text.readings, *text.split_readings]))
         findings = []
-        for classifier in self.classifiers:
+        for classifier in classifiers:
             scores = classifier.score_many(readings)
             best = max(range(len(readings)), key=lambda i: scores[i].score)
             result = scores[best]
-            action = policy.classifier_action(classifier.category, result.score)
+            category = result.category or classifier.category
+            action = policy.classifier_action(category, result.score)
             words = tuple(word for word, _ in result.words)
             drivers = ", ".join(f'"{w}" +{share:.2f}' for w, share in result.words)
-            explanation = f"{classifier.name} scored {result.score:.2f} ({classifier.category})"
+            explanation = f"{classifier.name} scored {result.score:.2f} ({category})"
+            if result.note:
+                explanation += f"; {result.note}"
             if drivers:
                 explanation += f"; words: {drivers}"
             if best > 0:
@@ -272,7 +307,7 @@ class SafetyFilter:
                 Finding(
                     layer=Layer.CLASSIFIER,
                     action=action,
-                    category=classifier.category,
+                    category=category,
                     score=result.score,
                     explanation=explanation,
                     classifier=classifier.name,

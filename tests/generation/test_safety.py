@@ -231,6 +231,7 @@ def test_policies_round_trip_through_json() -> None:
         "block_threshold": 0.9,
         "output_check": "end",
         "use_classifier": False,
+        "model_classifiers": ["toxic-bert"],
     }
     policy = Policy.from_dict(data)
     assert policy.to_dict() == data
