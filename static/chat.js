@@ -228,6 +228,11 @@
           : event.status === "blocked" ? "blocked by the content policy" : "stopped";
         state.el.insertBefore(meta, state.el.querySelector(".tools"));
       }
+      if (event.finish_reason === "input_blocked") {
+        // A moderation model on the worker blocked the message itself.
+        const user = state.el.previousElementSibling;
+        if (user && user.classList.contains("user")) user.classList.add("blocked");
+      }
       live.delete(event.generation);
       if (live.size === 0) setBusy(false);
     }

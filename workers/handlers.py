@@ -21,6 +21,7 @@ from generation.prompts import build_chat_input
 from generation.rnn.loading import LoadedRNN
 from generation.rnn.prompts import chat_to_prompt
 from generation.rnn.streaming import RNNStream
+from generation.safety.model_layer import layer_for
 from generation.specs import GenerationError, SamplingParams, Task
 from generation.streaming import StreamStats, TokenStream
 from generation.summarize import SummaryLength, SummaryStream
@@ -34,7 +35,7 @@ OnText = Callable[[str], None]
 ShouldStop = Callable[[], bool]
 
 MAX_TOP_K = 20
-MAX_EMBED_TEXTS = 256
+MAX_TEXTS = 256  # per embed or moderation request
 
 
 @dataclass
@@ -55,6 +56,18 @@ def _text_input(generation: Generation) -> str:
     if not isinstance(text, str):
         raise GenerationError("the request has no text")
     return text
+
+
+def _texts_input(generation: Generation) -> list[str]:
+    texts = generation.input.get("texts")
+    if (
+        not isinstance(texts, list)
+        or not texts
+        or len(texts) > MAX_TEXTS
+        or not all(isinstance(t, str) for t in texts)
+    ):
+        raise ValueError(f"texts must be a list of 1 to {MAX_TEXTS} strings")
+    return texts
 
 
 def _require_transformers(loaded: LoadedModel | LoadedRNN, what: str) -> LoadedModel:
@@ -159,17 +172,30 @@ def embeddings(
     generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
 ) -> Outcome:
     model = _require_transformers(loaded, "embed text")
-    texts = generation.input.get("texts")
-    if (
-        not isinstance(texts, list)
-        or not texts
-        or len(texts) > MAX_EMBED_TEXTS
-        or not all(isinstance(t, str) for t in texts)
-    ):
-        raise ValueError(f"texts must be a list of 1 to {MAX_EMBED_TEXTS} strings")
-    vectors = embed(model, texts)
+    vectors = embed(model, _texts_input(generation))
     stats = StreamStats(prompt_tokens=0, completion_tokens=0, finish_reason="done")
     return Outcome(stats, result={"embeddings": vectors.tolist()}, output="")
+
+
+def moderate(
+    generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
+) -> Outcome:
+    """A moderation model's scores for texts, as a request of its own (e.g. from the API):
+    per text the score, the category and the words that drove it. The policy's verdict is
+    not applied here; the filter does that where it checks."""
+    texts = _texts_input(generation)
+    layer = layer_for(loaded)
+    scores = [
+        {
+            "score": round(found.score, 6),
+            "category": found.category or layer.category,
+            "words": [word for word, _ in found.words],
+            "note": found.note,
+        }
+        for found in layer.score_many(texts)
+    ]
+    stats = StreamStats(prompt_tokens=0, completion_tokens=0, finish_reason="done")
+    return Outcome(stats, result={"model": layer.name, "scores": scores}, output="")
 
 
 Handler = Callable[[Generation, LoadedModel | LoadedRNN, OnText, ShouldStop], Outcome]
@@ -181,6 +207,7 @@ HANDLERS: dict[str, Handler] = {
     Task.TRANSLATE: translate,
     Task.CLASSIFY_IMAGE: classify,
     Task.EMBED: embeddings,
+    Task.MODERATION: moderate,
 }
 
 

@@ -6,19 +6,26 @@ import logging
 
 import torch
 
+from generation.safety import Verdict
 from generation.specs import GenerationError, ModelLoadError, Task
 from webapp.catalog import services as catalog
 from webapp.chat import titles
 from webapp.inference import services, streams
 from webapp.inference.events import Usage
 from webapp.inference.models import Generation, Status
+from webapp.moderation import config
+from webapp.moderation import services as moderation
 from webapp.moderation.guard import OutputGuard
-from workers import handlers, heartbeat, model_cache
+from webapp.moderation.models import Direction
+from workers import handlers, heartbeat, model_cache, screening
 
 log = logging.getLogger(__name__)
 
 # Tasks whose text output is checked by the content-safety filter as it streams.
 GUARDED_TASKS = (Task.CHAT, titles.TITLE_TASK, Task.SUMMARIZE, Task.TRANSLATE)
+SCREENED = screening.SCREENED_TASKS
+# The finish reason of a generation whose input a moderation model blocked.
+INPUT_BLOCKED = "input_blocked"
 
 
 def run_next(queue: str) -> int | None:
@@ -61,6 +68,22 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
     if entry is None or not entry.enabled:
         _fail(writer, generation_id, f"model {generation.model_name!r} is no longer available")
         return
+
+    # The policy's moderation models (if it names any) check the input before the task's
+    # model sees it, and the output with the rules as it streams.
+    guarded = generation.task in GUARDED_TASKS
+    named = config.policy_for(generation.user) if guarded or generation.task in SCREENED else None
+    try:
+        layers = screening.model_layers(named.policy.model_classifiers) if named else []
+    except screening.ScreeningUnavailable as exc:
+        log.error("generation %s: %s", generation_id, exc)
+        _fail(writer, generation_id, str(exc))
+        return
+    if named is not None and layers:
+        verdict = screening.screen_input(generation, named, layers)
+        if verdict is not None and verdict.blocked:
+            _blocked_input(writer, generation_id, verdict)
+            return
     try:
         loaded = model_cache.get_model(entry)
     except ModelLoadError as exc:
@@ -73,7 +96,7 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
 
     # Text output is checked as it grows: only what the guard releases reaches the stream,
     # and a block stops generation at the next step.
-    guard = OutputGuard.for_generation(generation) if generation.task in GUARDED_TASKS else None
+    guard = OutputGuard.for_generation(generation, named, layers) if guarded else None
     first_piece = True
 
     def send(piece: str) -> None:
@@ -147,6 +170,21 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
         result=outcome.result,
     )
     _after(generation_id)
+
+
+def _blocked_input(writer: streams.StreamWriter, generation_id: int, verdict: Verdict) -> None:
+    """A moderation model blocked the input: the task's model never ran; the reply is the
+    notice, as for an input the web process blocked."""
+    notice = moderation.notice_for(verdict, direction=Direction.INPUT)
+    recorded = services.finish(
+        generation_id,
+        status=Status.BLOCKED,
+        output=notice,
+        finish_reason=INPUT_BLOCKED,
+        worker=heartbeat.WORKER_NAME,
+    )
+    if recorded:
+        writer.done(Status.BLOCKED, finish_reason=INPUT_BLOCKED)
 
 
 def _after(generation_id: int) -> None:

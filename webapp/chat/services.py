@@ -17,7 +17,7 @@ from generation.specs import SamplingParams, Task
 from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_model
-from webapp.chat.models import Conversation, Message, Role
+from webapp.chat.models import Conversation, Message, Role, TitleSource
 from webapp.inference import services as inference
 from webapp.moderation import services as moderation
 
@@ -241,6 +241,14 @@ def _blocked(
     conversation.current_leaf = message
     conversation.save(update_fields=["current_leaf", "updated_at"])
     return InputBlocked(conversation, message, created, checked.verdict.category or "")
+
+
+def blocked_on_worker(message_id: int) -> None:
+    """A moderation model on the worker blocked this user message after it was queued: a
+    conversation it began is no longer titled with its text."""
+    Conversation.objects.filter(
+        messages__pk=message_id, messages__parent__isnull=True, title_source=TitleSource.AUTO
+    ).update(title=BLOCKED_TITLE)
 
 
 def post_message(

@@ -68,8 +68,20 @@ class PolicyAdmin(AuditedAdmin):
         "flag_threshold",
         "block_threshold",
         "output_check",
+        "classifiers",
         "updated_at",
     )
+    filter_horizontal = ("classifier_models",)
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).prefetch_related("classifier_models")
+
+    @admin.display(description="classifiers")
+    def classifiers(self, obj: Policy) -> str:
+        names = [entry.name for entry in obj.classifier_models.all()]
+        if obj.use_classifier:
+            names.insert(0, "built-in")
+        return ", ".join(names) or "none (rules only)"
 
 
 @admin.register(Rule)

@@ -68,8 +68,8 @@ def strictest(policies: Sequence[FilterPolicy]) -> FilterPolicy:
     name the category (so the rule's own action, or no ceiling on the classifier, applies
     there), the category stays unnamed unless another policy blocks it, since the rule's
     own action may be stricter than a named "flag". Thresholds are the lowest, checking at
-    the end beats checking while streaming (nothing unchecked is shown), and the
-    classifier runs if any policy asks for it.
+    the end beats checking while streaming (nothing unchecked is shown), the built-in
+    classifier runs if any policy asks for it, and so does each policy's moderation model.
     """
     categories = {c for p in policies for c in p.actions}
     actions: dict[str, Action] = {}
@@ -88,6 +88,7 @@ def strictest(policies: Sequence[FilterPolicy]) -> FilterPolicy:
             else OutputCheck.STREAMING
         ),
         use_classifier=any(p.use_classifier for p in policies),
+        model_classifiers=tuple(sorted({m for p in policies for m in p.model_classifiers})),
     )
 
 
@@ -151,7 +152,7 @@ def _build(token: str) -> Config:
     safety = SafetyFilter(RuleSet(rules.values(), [*allow, *good_phrases]), _shared_classifiers())
     default = NamedPolicy(DEFAULT_NAME, DEFAULT_POLICY)
     by_group: dict[int, NamedPolicy] = {}
-    for row in models.Policy.objects.all():
+    for row in models.Policy.objects.prefetch_related("classifier_models"):
         try:
             named = NamedPolicy(row.name, row.as_filter_policy())
         except (ValueError, ValidationError) as exc:  # saved around the form's checks

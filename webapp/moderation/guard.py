@@ -26,9 +26,11 @@ has passed. `record` stores the whole text, withheld part included, for the revi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.conf import settings
 
-from generation.safety import SafetyFilter, StreamChecker, StreamUpdate, Verdict
+from generation.safety import SafetyFilter, StreamChecker, StreamUpdate, TextClassifier, Verdict
 from webapp.accounts.models import User
 from webapp.inference.models import Generation
 from webapp.moderation import config, services
@@ -58,11 +60,18 @@ class OutputGuard:
         self._blocked: Verdict | None = None
 
     @classmethod
-    def for_generation(cls, generation: Generation) -> OutputGuard:
-        """A guard with the policy that applies to the generation's user now."""
+    def for_generation(
+        cls,
+        generation: Generation,
+        named: config.NamedPolicy | None = None,
+        models: Sequence[TextClassifier] = (),
+    ) -> OutputGuard:
+        """A guard with the policy that applies to the generation's user now (or `named`),
+        checking with the policy's moderation `models` too (loaded by the worker)."""
         user = generation.user
-        named = config.policy_for(user)
-        return cls(user, generation.task, named, config.current().safety)
+        named = named or config.policy_for(user)
+        safety = config.current().safety
+        return cls(user, generation.task, named, safety.with_models(models) if models else safety)
 
     @property
     def streaming(self) -> bool:

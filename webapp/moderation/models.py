@@ -71,7 +71,23 @@ class Policy(models.Model):
         ],
         default=OutputCheck.STREAMING.value,
     )
-    use_classifier = models.BooleanField(default=True)
+    use_classifier = models.BooleanField(
+        "use the built-in classifier",
+        default=True,
+        help_text="The offline offensive-language classifier (alt-profanity-check).",
+    )
+    classifier_models = models.ManyToManyField(
+        "catalog.ModelEntry",
+        blank=True,
+        related_name="moderation_policies",
+        limit_choices_to={"task": "moderation"},
+        verbose_name="moderation models",
+        help_text="Catalog models (task 'moderation': a text classifier such as a toxicity "
+        "model, or a generative safety model such as Llama Guard) that also check every "
+        "input and output, on the worker, instead of or in addition to the built-in "
+        "classifier. If one cannot be loaded, requests under this policy fail rather than "
+        "go unchecked.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -114,12 +130,15 @@ class Policy(models.Model):
         return found
 
     def as_filter_policy(self) -> FilterPolicy:
+        # (an unsaved policy has no moderation models yet: the form's clean() checks the rest)
+        names = sorted(entry.name for entry in self.classifier_models.all()) if self.pk else []
         return FilterPolicy(
             actions=self.actions(),
             flag_threshold=self.flag_threshold,
             block_threshold=self.block_threshold,
             output_check=OutputCheck(self.output_check),
             use_classifier=self.use_classifier,
+            model_classifiers=tuple(names),
         )
 
 
