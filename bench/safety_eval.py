@@ -16,7 +16,12 @@ warm-up pass): p50, p95 and max over all texts, and the median for longer inputs
 Targets (issue 5): p95 <= 5 ms on CPU; recall on obfuscated >= recall on plain.
 
     .venv/bin/python bench/safety_eval.py [--repeat 5] [--policy '{"flag_threshold": 0.8}']
-        [--errors]
+        [--errors] [--model FOLDER_OR_HUB_ID ...]
+
+`--model` adds a moderation model (a text classifier such as a toxicity model, or a
+generative safety model such as Llama Guard; see generation/safety/model_layer.py) as a
+classifier layer, as a policy naming it does on the worker; with
+`--policy '{"use_classifier": false}'` it replaces the built-in classifier.
 """
 
 from __future__ import annotations
@@ -168,6 +173,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="timed passes over the set")
     parser.add_argument("--policy", default="{}", help="policy as JSON (Policy.from_dict)")
     parser.add_argument("--errors", action="store_true", help="list every miss and false alarm")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="a moderation model (folder or hub id) to run as a classifier layer; repeatable",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -190,7 +201,11 @@ def report(
     load = os.getloadavg()[0]
     data = args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data
 
-    print("Content-safety evaluation (default filter: shipped rules + alt-profanity-check)")
+    layers = ["shipped rules"]
+    if policy.use_classifier:
+        layers.append("alt-profanity-check")
+    layers.extend(policy.model_classifiers)
+    print(f"Content-safety evaluation (filter: {' + '.join(layers)})")
     print(f"  data       {data}")
     print(f"  policy     {json.dumps(policy.to_dict())}")
     print(
@@ -275,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         load: Any = getattr(classifier, "load", None)
         if load is not None:
             load()
+    if args.model:
+        from generation.loading import load_model
+        from generation.safety.model_layer import layer_for
+        from generation.specs import ModelSpec, Task
+
+        layers = [
+            layer_for(load_model(ModelSpec(name=source, source=source, task=Task.MODERATION)))
+            for source in args.model
+        ]
+        safety = safety.with_models(layers)
+        names = (*policy.model_classifiers, *(layer.name for layer in layers))
+        policy = Policy.from_dict({**policy.to_dict(), "model_classifiers": names})
     load_seconds = time.perf_counter() - started
     pairs = evaluate(safety, policy, examples)
     timings = time_checks(safety, policy, examples, args.repeat)

@@ -3,7 +3,10 @@ latency is measured by bench/safety_eval.py)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,7 @@ from bench.safety_eval import (
     Example,
     evaluate,
     load_examples,
+    main,
     recall_of,
     scores,
 )
@@ -90,3 +94,24 @@ def test_precision_recall_and_f1_stay_above_their_floors(pairs: Pairs) -> None:
     assert overall.precision >= MIN_PRECISION_ALL
     dev = scores([(e, v) for e, v in pairs if e.split == "dev"])
     assert dev.f1 >= MIN_F1_DEV
+
+
+def test_the_bench_evaluates_a_moderation_model_as_a_layer(
+    tiny_toxicity_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "set.jsonl"
+    row = {"split": "dev", "category": "harassment", "obfuscation": None}
+    lines = [
+        {**row, "id": "b1", "group": "b1", "text": "the lazy dog", "label": "benign"},
+        {**row, "id": "h1", "group": "h1", "text": "you grumbleflax", "label": "harmful"},
+    ]
+    lines = [{**line, "variant": "plain"} for line in lines]
+    spaced = {**lines[1], "id": "h1-spacing", "text": "you g r u m b l e f l a x"}
+    lines.append({**spaced, "variant": "obfuscated", "obfuscation": "spacing"})
+    data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    args = ["--data", str(data), "--repeat", "1", "--policy", '{"use_classifier": false}']
+    main([*args, "--model", str(tiny_toxicity_dir)])
+    out = capsys.readouterr().out
+    assert f"(filter: shipped rules + {tiny_toxicity_dir})" in out
+    # The model catches its made-up word, spaced out too; the rules alone would not.
+    assert re.search(r"all\s+1\s+1\+1 obf\s+1\.000\s+1\.000\s+1\.000", out), out
