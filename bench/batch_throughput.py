@@ -17,6 +17,12 @@ goes: the generations' own time in the worker (started to finished) and the rest
 
     HF_HUB_OFFLINE=1 DATABASE_URL=postgres://... REDIS_URL=redis://... \\
         .venv/bin/python bench/batch_throughput.py [--docs 1000] [--threads 1]
+            [--model FOLDER --quantization int8_dynamic]
+
+With --model a real chat model summarizes instead (e.g. the starter SmolLM2 at
+~/.cache/atelier/starter-models/SmolLM2-135M-Instruct); its summaries end where the model
+ends them, the same text on both sides (greedy decoding), so seconds of real decoding per
+document set the scale against which the job's overhead is measured.
 
 Without DATABASE_URL a throwaway SQLite database is used; without REDIS_URL a private
 Redis. The rows it creates (a user, a model entry, jobs, generations) are deleted after.
@@ -70,6 +76,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=None, help="ATELIER_JOB_MAX_IN_FLIGHT")
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a real chat model's folder instead of the tiny one (e.g. the starter SmolLM2); "
+        "its summaries end where the model ends them, the same on both sides",
+    )
+    parser.add_argument(
+        "--quantization", default="none", help="the model's quantization (e.g. int8_dynamic)"
+    )
     return parser.parse_args(argv)
 
 
@@ -94,7 +109,9 @@ def configure_environment(var_dir: Path, run_id: str, args: argparse.Namespace) 
     return private
 
 
-def build_model(var_dir: Path) -> Path:
+def build_model(var_dir: Path, given: Path | None) -> Path:
+    if given is not None:
+        return given
     from generation.tiny import build_tiny_causal_lm
 
     folder = build_tiny_causal_lm(var_dir / "model", family="llama")
@@ -105,7 +122,7 @@ def build_model(var_dir: Path) -> Path:
     return folder
 
 
-def setup_database(run_id: str, model: Path) -> tuple[Any, Any]:
+def setup_database(run_id: str, model: Path, quantization: str = "none") -> tuple[Any, Any]:
     import django
 
     django.setup()
@@ -119,9 +136,10 @@ def setup_database(run_id: str, model: Path) -> tuple[Any, Any]:
     user.set_unusable_password()
     user.save()
     entry = ModelEntry.objects.create(
-        name=f"tiny-llama-batch-{run_id}",
+        name=f"{model.name}-batch-{run_id}",
         task="summarize",
         source=str(model),
+        quantization=quantization,
         device="cpu",
         queue=f"batch-bench-{run_id}",
     )
@@ -189,7 +207,7 @@ def measure(args: argparse.Namespace, var_dir: Path, run_id: str) -> dict[str, A
     from tests.processes import celery_worker, database_url, process_env
 
     progress("building the tiny model and the database")
-    user, entry = setup_database(run_id, build_model(var_dir))
+    user, entry = setup_database(run_id, build_model(var_dir, args.model), args.quantization)
     from webapp.inference.models import Generation
     from webapp.jobs.models import JobItem
 
@@ -202,6 +220,7 @@ def measure(args: argparse.Namespace, var_dir: Path, run_id: str) -> dict[str, A
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "date": dt.date.today().isoformat(),
         "load_before": os.getloadavg()[0],
+        "model": f"{args.model.name} ({args.quantization})" if args.model else None,
     }
     rounds = [docs[i * len(docs) // args.rounds : (i + 1) * len(docs) // args.rounds]
               for i in range(args.rounds)]  # fmt: skip
@@ -267,7 +286,8 @@ def report(figures: dict[str, Any]) -> bool:
     job = docs / figures["job_seconds"]
     ratio = job / direct
     figures.update(direct_per_second=direct, job_per_second=job, ratio=ratio)
-    print(f"Batch throughput, {docs} documents, '{LENGTH}' summaries, tiny Llama (64 tokens each)")
+    model = figures.get("model") or "tiny Llama (64 tokens each)"
+    print(f"Batch throughput, {docs} documents, '{LENGTH}' summaries, {model}")
     print(f"  machine: {figures['machine']}; database: {figures['database']}")
     print(f"  torch threads: {figures['threads']}; job in flight: {figures['in_flight']}")
     print(f"  direct loop: {figures['direct_seconds']:8.1f} s  {direct:6.2f} docs/s")
