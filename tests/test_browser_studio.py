@@ -144,6 +144,8 @@ def test_summarize_a_text_and_watch_it_stream_then_copy_and_download_it(
 def test_drop_an_image_see_its_preview_then_its_labels_as_bars(site: str, page: Any) -> None:
     SHOTS.mkdir(exist_ok=True)
     page.click("nav >> text=Classify image")
+    page.wait_for_url("**/studio/classify/")  # drop on the new page, not the one leaving
+    page.wait_for_load_state()
     page.evaluate(DROP_IMAGE, base64.b64encode(png((320, 240))).decode())
     page.wait_for_selector("#preview:not([hidden])")
     assert page.evaluate("document.getElementById('image').files[0].name") == "blue-square.png"
