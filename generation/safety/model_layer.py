@@ -174,10 +174,9 @@ class SequenceClassifierLayer:
         if not 2 <= len(words) <= self.max_words_explained:
             return ()
         variants = [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
-        base = self._label_scores([" ".join(words)], index)[0]
         drops: dict[str, float] = {}
         for word, without in zip(words, self._label_scores(variants, index), strict=True):
-            drop = base - without
+            drop = score - without  # (a text this short is one window: its score is the base)
             if drop > 0.01 and drop > drops.get(word, 0.0):
                 drops[word] = drop
         ranked = sorted(drops.items(), key=lambda item: -item[1])
