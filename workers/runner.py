@@ -168,6 +168,7 @@ def _run(generation: Generation, writer: streams.StreamWriter) -> None:
         finish_reason=finish_reason,
         usage=Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens),
         result=outcome.result,
+        text=output,
     )
     _after(generation_id)
 
@@ -184,7 +185,7 @@ def _blocked_input(writer: streams.StreamWriter, generation_id: int, verdict: Ve
         worker=heartbeat.WORKER_NAME,
     )
     if recorded:
-        writer.done(Status.BLOCKED, finish_reason=INPUT_BLOCKED)
+        writer.done(Status.BLOCKED, finish_reason=INPUT_BLOCKED, text=notice)
 
 
 def _after(generation_id: int) -> None:
@@ -204,6 +205,7 @@ def _fail(
     writer: streams.StreamWriter, generation_id: int, message: str, partial: str = ""
 ) -> None:
     worker = heartbeat.WORKER_NAME
+    stored = partial
     try:
         recorded = services.finish(
             generation_id,
@@ -215,9 +217,10 @@ def _fail(
         )
     except Exception:  # e.g. the partial text itself was refused: keep the verdict at least
         log.exception("generation %s: could not store the partial text", generation_id)
+        stored = ""
         recorded = services.finish(
             generation_id, status=Status.FAILED, error=message, finish_reason="error", worker=worker
         )
     if not recorded:
         return
-    writer.done(Status.FAILED, finish_reason="error", error=message)
+    writer.done(Status.FAILED, finish_reason="error", error=message, text=stored)

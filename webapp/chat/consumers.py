@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from django.db import connections
 
 from webapp.accounts.models import User
 from webapp.catalog.services import ModelNotAvailable
-from webapp.chat import services
+from webapp.chat import services, watching
 from webapp.chat.protocol import (
     Edit,
     ProtocolError,
@@ -29,7 +30,7 @@ from webapp.chat.rendering import render_markdown
 from webapp.inference import services as inference
 from webapp.inference import streams
 from webapp.inference.events import DoneEvent, Usage
-from webapp.inference.models import Generation, Status
+from webapp.inference.models import Generation
 
 R = TypeVar("R")
 # Storing a message (and queueing its reply) runs on a pool of its own, not on Channels'
@@ -50,11 +51,28 @@ def in_write_pool(func: Callable[..., R]) -> Callable[..., Any]:
     return database_sync_to_async(call, thread_sensitive=False, executor=_writes)
 
 
+Places = dict[str, dict[str, int | None]]  # message id -> its place among its siblings
+
+
+def _places(conversation: Any, messages: list[Any]) -> Places:
+    found = services.branches(conversation, messages)
+    return {str(pk): branch.__dict__ for pk, branch in found.items()}
+
+
+def posting(service: Callable[..., services.Posted]) -> Callable[..., Any]:
+    """The service on the write pool, followed in the same call (and connection) by the
+    new messages' places among their siblings, for the "2 of 3" controls."""
+
+    def post(*args: Any, **kwargs: Any) -> tuple[services.Posted, Places]:
+        posted = service(*args, **kwargs)
+        return posted, _places(posted.conversation, [posted.user_message, posted.assistant_message])
+
+    return in_write_pool(post)
+
+
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
-WATCH_SECONDS = 1.0  # how often a waiting client is told its place in the queue
-WATCH_RUNNING_SECONDS = 5.0  # how often a running reply's worker is checked
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -114,7 +132,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_send(self, message: SendMessage) -> None:
         try:
-            posted = await in_write_pool(services.post_message)(
+            posted = await posting(services.post_message)(
                 self.user,
                 content=message.content,
                 conversation_id=message.conversation,
@@ -125,17 +143,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except services.InputBlocked as blocked:
             await self.blocked("message", blocked)
             return
-        await self.accepted("message", posted)
+        await self.accepted("message", *posted)
 
     async def handle_regenerate(self, message: Regenerate) -> None:
-        posted = await in_write_pool(services.regenerate)(
+        posted = await posting(services.regenerate)(
             self.user, message_id=message.message, model_id=message.model, params=message.params
         )
-        await self.accepted("regenerate", posted)
+        await self.accepted("regenerate", *posted)
 
     async def handle_edit(self, message: Edit) -> None:
         try:
-            posted = await in_write_pool(services.edit)(
+            posted = await posting(services.edit)(
                 self.user,
                 message_id=message.message,
                 content=message.content,
@@ -146,14 +164,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except services.InputBlocked as blocked:
             await self.blocked("edit", blocked)
             return
-        await self.accepted("edit", posted)
+        await self.accepted("edit", *posted)
 
     async def blocked(self, kind: str, blocked: services.InputBlocked) -> None:
         """The message was stored but blocked by the content policy: no reply follows."""
 
-        def places() -> dict[str, dict[str, int | None]]:
-            found = services.branches(blocked.conversation, [blocked.user_message])
-            return {str(pk): branch.__dict__ for pk, branch in found.items()}
+        def places() -> Places:
+            return _places(blocked.conversation, [blocked.user_message])
 
         await self.send_json(
             {
@@ -169,17 +186,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             }
         )
 
-    async def accepted(self, kind: str, posted: services.Posted) -> None:
+    async def accepted(self, kind: str, posted: services.Posted, places: Places) -> None:
         """Tell the client what was stored (with the new messages' places among their
-        siblings, for the "2 of 3" controls) and start relaying the reply."""
+        siblings) and start relaying the reply."""
         generation_id = posted.assistant_message.generation_id
         assert generation_id is not None
-
-        def places() -> dict[str, dict[str, int | None]]:
-            path = [posted.user_message, posted.assistant_message]
-            found = services.branches(posted.conversation, path)
-            return {str(pk): branch.__dict__ for pk, branch in found.items()}
-
         await self.send_json(
             {
                 "type": "accepted",
@@ -190,10 +201,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "user_message": posted.user_message.pk,
                 "assistant_message": posted.assistant_message.pk,
                 "generation": generation_id,
-                "branches": await database_sync_to_async(places)(),
+                "branches": places,
             }
         )
-        self.start_relay(generation_id, after=0)
+        self.start_relay(generation_id, after=0, unfinished=True)
 
     async def handle_subscribe(self, message: Subscribe) -> None:
         generation = await database_sync_to_async(inference.generation_for_user)(
@@ -201,7 +212,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         if generation is None:
             raise services.NotFound("No such generation.")
-        self.start_relay(generation.pk, after=message.after)
+        self.start_relay(generation.pk, after=message.after, unfinished=not generation.is_finished)
 
     async def handle_stop(self, message: Stop) -> None:
         generation = await database_sync_to_async(inference.generation_for_user)(
@@ -211,19 +222,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise services.NotFound("No such generation.")
         await database_sync_to_async(inference.stop)(generation.pk)
 
-    def start_relay(self, generation_id: int, after: int) -> None:
+    def start_relay(self, generation_id: int, after: int, unfinished: bool = False) -> None:
+        """Relay the generation's stream. `unfinished`: the caller has just seen it queued
+        or running, so its stream cannot have expired yet and the database is not asked."""
         previous = self.relays.pop(generation_id, None)
         if previous is not None:
             previous.cancel()
-        self.relays[generation_id] = asyncio.create_task(self.relay(generation_id, after))
+        self.relays[generation_id] = asyncio.create_task(
+            self.relay(generation_id, after, unfinished)
+        )
 
-    async def relay(self, generation_id: int, after: int) -> None:
+    async def relay(self, generation_id: int, after: int, unfinished: bool = False) -> None:
         """Send the generation's events after `after` to the client, then live ones,
         ending with its done event (rendered to HTML here, in the web process). While
         it waits in the queue, a watcher tells the client its place."""
         watcher = asyncio.create_task(self.watch(generation_id))
         try:
-            if await self.answered_from_database(generation_id):
+            if not unfinished and await self.answered_from_database(generation_id):
                 return
             async for event in streams.read_events(self.redis, generation_id, after):
                 if event is None:  # nothing new for a while: has the stream expired?
@@ -231,10 +246,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                         return
                     continue
                 if event["type"] == "done":
-                    generation = await database_sync_to_async(Generation.objects.get)(
-                        pk=generation_id
-                    )
-                    await self.send_json(_with_text(event, generation.output))
+                    text = event.get("text")
+                    if text is None:  # written without it: the database has the text
+                        generation = await database_sync_to_async(Generation.objects.get)(
+                            pk=generation_id
+                        )
+                        text = generation.output
+                    await self.send_json(_with_text(event, text))
                     return
                 await self.send_json(event)
         except asyncio.CancelledError:
@@ -252,14 +270,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def watch(self, generation_id: int) -> None:
         """Events that are not part of the stream: `queue` (position, workers, estimated
         wait) while the generation is queued, and `worker_lost` when the worker running it
-        stopped beating (another worker will requeue it; see workers/heartbeat.py)."""
+        stopped beating (another worker will requeue it; see workers/heartbeat.py). They
+        come from the process's one watcher (webapp/chat/watching.py)."""
+        shared = watching.watcher()
+        events = shared.subscribe(generation_id)
         last: dict[str, Any] | None = None
         warned_worker = ""
         try:
-            while True:
-                event = await database_sync_to_async(_watch_event)(generation_id)
-                if event is None:
-                    return
+            while (event := await events.get()) is not None:
                 if event["type"] == "worker_lost":
                     if event["worker"] != warned_worker:
                         warned_worker = event["worker"]
@@ -267,13 +285,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 elif event != last:
                     await self.send_json(event)
                 last = event
-                await asyncio.sleep(
-                    WATCH_SECONDS if event["type"] == "queue" else WATCH_RUNNING_SECONDS
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the watcher is a courtesy; the relay carries on without it
-            log.exception("queue watcher of generation %s failed", generation_id)
+        finally:
+            shared.unsubscribe(generation_id, events)
 
     async def answered_from_database(self, generation_id: int) -> bool:
         """A finished generation whose stream has expired from Redis: send its done event
@@ -293,7 +306,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
 
 def _with_text(event: DoneEvent, text: str) -> DoneEvent:
-    return {**event, "text": text, "html": render_markdown(text)}
+    return {**event, "text": text, "html": _rendered(event["generation"], event["seq"], text)}
+
+
+@functools.lru_cache(maxsize=256)
+def _rendered(generation_id: int, seq: int, text: str) -> str:
+    """A reply's HTML, rendered once per process however many tabs relay it."""
+    return render_markdown(text)
 
 
 def _done_from_database(generation: Generation) -> DoneEvent:
@@ -309,47 +328,3 @@ def _done_from_database(generation: Generation) -> DoneEvent:
         ),
     )
     return _with_text(event, generation.output)
-
-
-def _watch_event(generation_id: int) -> dict[str, Any] | None:
-    """The watcher's event now, or None when there is nothing more to watch. One small
-    query; the queue's state comes from a snapshot shared by every relay of this process."""
-    generation = (
-        Generation.objects.filter(pk=generation_id)
-        .only("status", "worker", "queue", "model_name")
-        .first()
-    )
-    if generation is None or generation.is_finished:
-        return None
-    if generation.status == Status.RUNNING:
-        if generation.worker in inference.live_worker_names():
-            return {"type": "running", "generation": generation_id}
-        return {
-            "type": "worker_lost",
-            "generation": generation_id,
-            "worker": generation.worker,
-            "message": "The worker running this reply stopped responding; "
-            "it will be retried as soon as a worker is available.",
-        }
-    info = inference.queue_info(generation)
-    if info is None:
-        return {"type": "running", "generation": generation_id}
-    if info.workers == 0:
-        message = (
-            f"No worker is serving {generation.model_name} right now; "
-            "your request will start when one is."
-        )
-    elif info.position == 1 and info.running < info.workers:
-        message = "Starting…"
-    else:
-        wait = f" (about {round(info.eta_seconds)} s)" if info.eta_seconds is not None else ""
-        message = f"Waiting in the queue: position {info.position}{wait}."
-    return {
-        "type": "queue",
-        "generation": generation_id,
-        "position": info.position,
-        "running": info.running,
-        "workers": info.workers,
-        "eta_seconds": info.eta_seconds,
-        "message": message,
-    }

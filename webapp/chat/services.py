@@ -168,12 +168,18 @@ def _start_reply(
     user_message: Message,
     model: ModelEntry,
     params: SamplingParams,
+    history: list[Message] | None = None,
 ) -> Message:
-    """Queue the assistant's reply to user_message (the history is the path to it) and
-    make that reply the conversation's current leaf. Runs inside the caller's transaction."""
-    messages = {m.pk: m for m in conversation.messages.select_related("generation")}
-    path = _path_to(messages, user_message)
-    blocked = moderation.blocked_inputs(m.pk for m in path if m.role == Role.USER)
+    """Queue the assistant's reply to user_message (the history is the path to it: pass
+    it when it is at hand, the path before user_message) and make that reply the
+    conversation's current leaf. Runs inside the caller's transaction; user_message has
+    just passed the input check."""
+    if history is None:
+        messages = {m.pk: m for m in conversation.messages.select_related("generation")}
+        history = _path_to(messages, user_message)[:-1]
+    path = [*history, user_message]
+    earlier = [m.pk for m in history if m.role == Role.USER]
+    blocked = moderation.blocked_inputs(earlier) if earlier else {}
     turns: list[ChatTurn] = [
         {"role": m.role, "content": m.text}
         for m in path
@@ -282,7 +288,7 @@ def post_message(
             conversation = found
             if system is not None and not checked.blocked:
                 conversation.system_prompt = system
-        history = visible_path(conversation)
+        history = [] if created else visible_path(conversation)
         user_message = Message.objects.create(
             conversation=conversation,
             parent=history[-1] if history else None,
@@ -293,7 +299,7 @@ def post_message(
         if checked.blocked:
             blocked = _blocked(conversation, user_message, created, checked)
         else:
-            reply = _start_reply(user, conversation, user_message, model, params)
+            reply = _start_reply(user, conversation, user_message, model, params, history)
             moderation.link(checked, generation_id=reply.generation_id)
     if checked.blocked:
         raise blocked

@@ -216,7 +216,10 @@ class StreamWriter:
         error: str = "",
         usage: Usage | None = None,
         result: dict[str, Any] | None = None,
+        text: str | None = None,
     ) -> None:
+        """The last event. `text` is the reply as stored (the caller records the end in
+        the database first): relays send it on without reading the database."""
         self.flush()
         event = DoneEvent(
             type="done",
@@ -229,6 +232,8 @@ class StreamWriter:
         )
         if result is not None:
             event["result"] = result
+        if text is not None:
+            event["text"] = text
         self._append(event)
         self.client.expire(self.key, settings.ATELIER_STREAM_RETENTION_SECONDS)
 

@@ -165,7 +165,8 @@ def _build(token: str) -> Config:
     return Config(token, safety, default, by_group, tuple(broken))
 
 
-def policy_for(user: User) -> NamedPolicy:
-    config = current()
+def policy_for(user: User, config: Config | None = None) -> NamedPolicy:
+    """The user's policy under `config` (the configuration in force now by default)."""
+    config = config or current()
     group_ids = list(user.groups.values_list("id", flat=True)) if config.by_group else []
     return config.policy_for_groups(group_ids)

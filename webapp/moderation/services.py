@@ -76,8 +76,9 @@ def check_input(
 ) -> Checked:
     """Check a text a user sends to a model under the user's policy; record the verdict
     (an event when flagged or blocked) and audit it. The caller refuses a blocked text."""
-    named = config.policy_for(user)
-    verdict = config.current().safety.check(text, named.policy)
+    in_force = config.current()
+    named = config.policy_for(user, in_force)
+    verdict = in_force.safety.check(text, named.policy)
     event = record_verdict(
         user,
         verdict,

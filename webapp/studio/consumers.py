@@ -52,7 +52,7 @@ class GenerationConsumer(ChatConsumer):
             return
         self.generation_id = generation.pk
         self.redis = streams.async_redis()
-        self.start_relay(generation.pk, after=after)
+        self.start_relay(generation.pk, after=after, unfinished=not generation.is_finished)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
