@@ -68,7 +68,11 @@ def database_from_url(url: str, base_dir: Path) -> dict[str, Any]:
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": 60,
+            # A pool of connections per process (psycopg_pool), each checked as it is
+            # handed out: a request borrows one instead of connecting, which matters when
+            # many messages are stored at once. Persistent connections cannot be pooled.
+            "CONN_MAX_AGE": 0,
             "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {"pool": {"min_size": 1, "max_size": env_int("ATELIER_DB_POOL_SIZE", 20)}},
         }
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (sqlite or postgres)")

@@ -147,6 +147,10 @@ ATELIER_DEFAULT_MAX_TOKENS = env_int("ATELIER_DEFAULT_MAX_TOKENS", 512)
 ATELIER_STREAM_RETENTION_SECONDS = env_int("ATELIER_STREAM_RETENTION_SECONDS", 3600)
 # How often (milliseconds) the worker flushes coalesced tokens to the stream.
 ATELIER_STREAM_FLUSH_MS = env_int("ATELIER_STREAM_FLUSH_MS", 30)
+# A worker lowers its CPU priority by this much (Unix nice, 0 to 19) when it starts, so
+# that on a machine it shares with the web process, storing messages and relaying tokens
+# run first and the model takes the rest of the CPU. 0 leaves it as started.
+ATELIER_WORKER_NICE = env_int("ATELIER_WORKER_NICE", 10)
 # Models a worker process keeps loaded at once (catalog entries with the same weights,
 # e.g. the starter chat model as chat model, summarizer and translator, count once).
 ATELIER_WORKER_MAX_MODELS = env_int("ATELIER_WORKER_MAX_MODELS", 4)

@@ -11,7 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 django.setup()
 
 from celery import Celery  # noqa: E402
-from celery.signals import worker_ready, worker_shutdown  # noqa: E402
+from celery.signals import worker_init, worker_ready, worker_shutdown  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from webapp.celery_config import celery_config  # noqa: E402
@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     from workers.heartbeat import Heartbeat
 
 _heartbeat: Heartbeat | None = None
+
+
+@worker_init.connect
+def _lower_priority(**kwargs: Any) -> None:
+    """Give the CPU to the web process first where they share a machine (the pool's
+    processes, if any, inherit it). Only ever lowered: raising needs privileges."""
+    wanted = max(0, min(19, settings.ATELIER_WORKER_NICE))
+    current = os.nice(0)
+    if wanted > current:
+        os.nice(wanted - current)
 
 
 @worker_ready.connect

@@ -19,6 +19,10 @@ def test_postgres_url_parts() -> None:
     assert (db["USER"], db["PASSWORD"], db["HOST"], db["PORT"], db["NAME"]) == (
         "bob", "s@cret", "db.internal", "6543", "atelier",
     )  # fmt: skip
+    # A pool per process, each connection checked as it is handed out (pooled connections
+    # cannot also be persistent).
+    assert db["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 20}
+    assert (db["CONN_MAX_AGE"], db["CONN_HEALTH_CHECKS"]) == (0, True)
 
 
 def test_unknown_database_scheme_is_a_clear_error() -> None:

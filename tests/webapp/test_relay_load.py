@@ -5,6 +5,9 @@ stream's done event; storing a message takes a bounded number of queries."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +179,14 @@ def test_storing_a_message_takes_a_bounded_number_of_queries(
             alice, content="And then?", conversation_id=first.conversation.pk,
             model_id=None, system=None, params=params,
         )  # fmt: skip
+
+
+def test_a_worker_lowers_its_cpu_priority_as_configured() -> None:
+    env = {**os.environ, "ATELIER_WORKER_NICE": "7", "HF_HUB_OFFLINE": "1"}
+    env.pop("DATABASE_URL", None)  # importing the app needs settings, not a database
+    code = "import os, workers.celery_app as a; a._lower_priority(); print(os.nice(0))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "7"
