@@ -3,9 +3,18 @@
 Starts its own stack (a throwaway SQLite database, or the PostgreSQL at DATABASE_URL; a
 private Redis unless --redis-url; N Celery workers on one queue; one Daphne) with a tiny
 random Llama that has no end-of-sequence token, so every reply runs to exactly --tokens
-tokens. U users each get a session; C WebSocket connections are spread over them. G
-connections each send one message at the same moment; the other connections of the same
-user subscribe to that user's generation (a second tab), or stay idle with --idle none.
+tokens. U users each get a session; C WebSocket connections are spread over them, and G of
+them send messages; the other connections of the same user subscribe to each of that
+user's generations (a second tab), or stay idle with --idle none. Two ways to send:
+
+* --arrival steady (the default): G generations in flight all the time, as G people
+  chatting. Each sender starts at a random moment within the first --ramp seconds, then
+  sends its next message as soon as its previous reply is done (after an exponential
+  think time of mean --think seconds), for --duration seconds. The in-flight count at
+  each send is reported, so the concurrency claimed is the concurrency measured.
+* --arrival burst: the G connections send one message each at the same moment (a
+  thundering herd: the web process stores G messages at once, so the last of them waits
+  for all the others).
 
 Per generation it measures, on one wall clock (client time.time() and the database's
 timestamps, same machine):
@@ -24,7 +33,8 @@ p95 <= 80 ms; lost, duplicated, reordered and errors all 0. Exit status 1 when a
 target is missed (timings depend on the machine and only print MISS).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/load_ws.py [--quick] [--connections 200]
-        [--generations 50] [--users 50] [--workers 2] [--tokens 32] [--json out.json]
+        [--generations 50] [--users 50] [--workers 2] [--tokens 32]
+        [--arrival steady|burst] [--duration 40] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import json
 import math
 import os
 import platform
+import random
 import secrets
 import sys
 import time
@@ -58,8 +69,8 @@ TEMPERATURE = 0.8
 SEED = 1234
 TARGET_ADDED_P50 = 0.030  # seconds
 TARGET_ADDED_P95 = 0.080
-QUICK = {"connections": 20, "generations": 5, "users": 5}
-DEFAULTS = {"connections": 200, "generations": 50, "users": 50}
+QUICK = {"connections": 20, "generations": 5, "users": 5, "duration": 5.0, "ramp": 1.0}
+DEFAULTS = {"connections": 200, "generations": 50, "users": 50, "duration": 40.0, "ramp": 10.0}
 CONNECT_AT_ONCE = 20  # WebSocket handshakes in flight together while connecting
 
 
@@ -105,6 +116,7 @@ class Sent:
     connection: int
     user: int
     sent_at: float
+    in_flight: int = 0  # generations sent and not yet done, this one included
     accepted_at: float | None = None
     generation: int | None = None
     stream: Stream | None = None
@@ -139,6 +151,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each generation")
     parser.add_argument(
+        "--arrival",
+        choices=["steady", "burst"],
+        default="steady",
+        help="steady: G generations in flight for --duration seconds (default); "
+        "burst: G messages sent at the same moment",
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds of sending in steady mode (default 40)"
+    )
+    parser.add_argument(
+        "--ramp", type=float, help="senders start within this many seconds (steady; default 10)"
+    )
+    parser.add_argument(
+        "--think", type=float, default=0.2, help="mean think time between replies (steady)"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"a smoke run: defaults {QUICK['connections']} connections, "
@@ -165,6 +193,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if min(args.connections, args.generations, args.users, args.workers, args.tokens) < 1:
         parser.error("--connections, --generations, --users, --workers and --tokens must be >= 1")
+    if args.duration <= 0 or args.ramp < 0 or args.think < 0:
+        parser.error("--duration must be > 0; --ramp and --think must be >= 0")
+    if args.ramp >= args.duration:
+        parser.error("--ramp must be shorter than --duration")
     if args.generations > args.connections or args.users > args.connections:
         parser.error("each generation and each user needs a connection of its own")
     return args
@@ -323,10 +355,50 @@ async def send_one(
     return sent
 
 
+async def send_steadily(
+    args: argparse.Namespace,
+    senders: list[Connection],
+    idle: list[Connection],
+    params: dict[str, Any],
+    start: float,
+) -> list[Sent]:
+    """Each sender sends, waits for its reply to be done, thinks, and sends again, from a
+    random moment in the ramp until --duration has passed: G generations in flight."""
+    rng = random.Random(SEED)
+    sent: list[Sent] = []
+    in_flight = 0
+    deadline = start + args.duration
+
+    async def sender(connection: Connection, delay: float, think: random.Random) -> None:
+        nonlocal in_flight
+        await asyncio.sleep(delay)
+        subscribers = [o for o in idle if o.user == connection.user]
+        number = 0
+        while time.time() < deadline:
+            in_flight += 1
+            seed = SEED + connection.index * 10_000 + number
+            one = await send_one(connection, {**params, "seed": seed}, subscribers)
+            one.in_flight = in_flight
+            sent.append(one)
+            if one.generation is None:  # refused: counted as an error; this sender stops
+                in_flight -= 1
+                return
+            await connection.finished[one.generation].wait()
+            in_flight -= 1
+            number += 1
+            if args.think:
+                await asyncio.sleep(think.expovariate(1 / args.think))
+
+    tasks = [sender(c, rng.uniform(0, args.ramp), random.Random(rng.random())) for c in senders]
+    with contextlib.suppress(TimeoutError):  # what did not finish counts as a timeout
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.timeout)
+    return sorted(sent, key=lambda s: s.sent_at)
+
+
 async def run_load(
     args: argparse.Namespace, ws_url: str, cookies: list[str], model_id: int
 ) -> tuple[list[Sent], list[Connection], float, float]:
-    """Connect, warm up one reply per worker, then send the G messages together.
+    """Connect, warm up one reply per worker, then send (steadily or in one burst).
     Returns (sent, connections, start, end) with start/end on the wall clock."""
     connections = [Connection(index=i, user=i % args.users) for i in range(args.connections)]
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
@@ -363,14 +435,21 @@ async def run_load(
         senders = connections[: args.generations]
         idle = connections[args.generations :] if args.idle == "subscribe" else []
         start = time.time()
-        sent = await asyncio.gather(
-            *(
-                send_one(
-                    c, {**params, "seed": SEED + c.index}, [o for o in idle if o.user == c.user]
+        if args.arrival == "burst":
+            sent = await asyncio.gather(
+                *(
+                    send_one(
+                        c,
+                        {**params, "seed": SEED + c.index},
+                        [o for o in idle if o.user == c.user],
+                    )
+                    for c in senders
                 )
-                for c in senders
             )
-        )
+            for s in sent:
+                s.in_flight = len(sent)
+        else:
+            sent = await send_steadily(args, senders, idle, params, start)
         waits = [c.finished[generation].wait() for c in connections for generation in c.finished]
         with contextlib.suppress(TimeoutError):  # what did not finish counts as a timeout
             await asyncio.wait_for(asyncio.gather(*waits), timeout=args.timeout)
@@ -474,6 +553,7 @@ def analyse(
             errors.append(f"{who}: streamed text differs from done's text or the stored output")
 
     done = [s for s in sent if s.stream and s.stream.done]
+    in_flight = [float(s.in_flight) for s in sent]
     completion = sum(int(s.db.get("completion_tokens") or 0) for s in sent)
     short = [s.generation for s in done if s.db.get("completion_tokens") != args.tokens]
     wall = end - start
@@ -505,6 +585,15 @@ def analyse(
     ]
     return {
         "added_ttft": spread([v for s in sent if (v := s.added_ttft()) is not None]),
+        # The same, only for messages sent with at least 90 % of G generations in flight
+        # (steady mode: leaves out the ramp, when fewer are).
+        "added_ttft_full": spread(
+            [
+                v
+                for s in sent
+                if s.in_flight >= 0.9 * args.generations and (v := s.added_ttft()) is not None
+            ]
+        ),
         "send_to_queued": spread(
             [s.db["queued_at"] - s.sent_at for s in sent if s.db.get("queued_at")]
         ),
@@ -526,6 +615,12 @@ def analyse(
         "stream_tokens_per_second_per_generation": spread(streaming),
         "completion_tokens": completion,
         "wall_seconds": wall,
+        "sent": len(sent),
+        "in_flight_at_send": {
+            "p5": percentile(in_flight, 5),
+            "p50": percentile(in_flight, 50),
+            "max": max(in_flight) if in_flight else None,
+        },
         "generations_done": len(done),
         "streams": len(streams),
         "subscriber_streams": sum(1 for s in streams if not s.primary),
@@ -536,6 +631,16 @@ def analyse(
         "text_mismatches": mismatched,
         "errors": len(errors),
         "error_messages": errors[:20],
+        "samples": [  # one row per message, for a closer look (only in --json)
+            {
+                "sent": round(s.sent_at - start, 4),
+                "in_flight": s.in_flight,
+                "send_to_queued": s.db["queued_at"] - s.sent_at if s.db.get("queued_at") else None,
+                "send_to_accepted": s.accepted_at - s.sent_at if s.accepted_at else None,
+                "added_ttft": s.added_ttft(),
+            }
+            for s in sent
+        ],
     }
 
 
@@ -563,22 +668,34 @@ def report(args: argparse.Namespace, figures: dict[str, Any], info: dict[str, An
         f"{args.generations} concurrent generations, idle connections: {args.idle} "
         f"({figures['subscriber_streams']} subscriber streams)"
     )
+    flight = figures["in_flight_at_send"]
+    if args.arrival == "burst":
+        arrival = f"burst: {args.generations} messages sent at the same moment"
+    else:
+        arrival = (
+            f"steady for {args.duration:g} s (ramp {args.ramp:g} s, think {args.think:g} s): "
+            f"{figures['sent']} messages, in flight at each send p5 {flight['p5']:.0f}, "
+            f"p50 {flight['p50']:.0f}, max {flight['max']:.0f}"
+        )
+    print(f"  arrival    {arrival}")
     print(
         f"  stack      {args.workers} Celery workers (solo), 1 Daphne, {info['database']}, "
         f"{info['redis']}; per-user limit {info['limit']}"
     )
     print(
         f"  machine    {os.cpu_count()} cores ({platform.machine()}), torch {torch.__version__}, "
-        f"workers' OMP_NUM_THREADS={info['omp']}; Python {platform.python_version()}"
+        f"workers' OMP_NUM_THREADS={info['omp']}, nice {info['nice']}; "
+        f"Python {platform.python_version()}"
     )
     print(f"  date       {date}")
     print(
-        f"  load avg   {info['load_before']:.2f} at start, {info['load_after']:.2f} at the end "
-        "(1 min)"
+        f"  load avg   {info['load_before']:.2f} before the bench, "
+        f"{info['load_after']:.2f} at the end (1 min)"
     )
     print()
     rows = [
         ("added TTFT (stack)", figures["added_ttft"]),
+        (f"  with >= {math.ceil(0.9 * args.generations)} in flight", figures["added_ttft_full"]),
         ("  of which send -> queued_at", figures["send_to_queued"]),
         ("  of which first_token_at -> client", figures["delivery"]),
         ("model's own TTFT (worker)", figures["model_ttft"]),
@@ -608,7 +725,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any], info: dict[str, An
         f"p50 {_rate(streaming['p50'])} (first token -> done)"
     )
     print(
-        f"  generations done     {figures['generations_done']} of {args.generations}"
+        f"  generations done     {figures['generations_done']} of {figures['sent']}"
         + (
             f"; short of {args.tokens} tokens: {figures['short_generations']}"
             if figures["short_generations"]
@@ -678,6 +795,7 @@ def measure(
     from tests.processes import celery_worker, database_url, process_env, session_cookie, web_server
 
     queue = f"load-{run_id}"
+    load_before = os.getloadavg()[0]  # before this bench starts anything of its own
     progress("building the tiny model and the database")
     users, entry = setup_database(args, run_id, queue, build_model(var_dir))
     limit = per_user_limit(args)
@@ -694,6 +812,7 @@ def measure(
         "redis": "Redis at --redis-url" if args.redis_url else "private Redis",
         "limit": limit,
         "omp": omp,
+        "nice": settings.ATELIER_WORKER_NICE,
         "flush_ms": settings.ATELIER_STREAM_FLUSH_MS,
     }
     connection.close()  # the children share the database; hold nothing open on it
@@ -707,8 +826,8 @@ def measure(
             stack, [*workers, web_server(env, var_dir / "web.log")]
         )
         ws_url = base_url.replace("http://", "ws://") + "/ws/chat/"
-        info["load_before"] = os.getloadavg()[0]
-        progress(f"running the load (load average {info['load_before']:.2f})")
+        info["load_before"] = load_before
+        progress(f"running the load (load average {os.getloadavg()[0]:.2f})")
         sent, connections, start, end = asyncio.run(run_load(args, ws_url, cookies, entry.pk))
         info["load_after"] = os.getloadavg()[0]
         progress("stopping the stack")
