@@ -285,6 +285,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 elif event != last:
                     await self.send_json(event)
                 last = event
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the watcher is a courtesy; the relay carries on without it
+            log.exception("queue watcher of generation %s failed", generation_id)
         finally:
             shared.unsubscribe(generation_id, events)
 
