@@ -2,7 +2,7 @@
 job run by one real Celery worker process, and the same documents summarized by the same
 model called directly in a loop, in one run. Target: job throughput >= 0.9 x the loop.
 
-The model is the tiny random Llama of the tests (generation/tiny.py: 2 layers, hidden
+The model is the tiny random Llama of the tests (tests/tiny/causal.py: 2 layers, hidden
 size 64) without an end-of-sequence token, so that every summary is exactly the "short"
 preset's 64 tokens on both sides: each document costs the same real decoding work, and
 what the job adds (the database, Redis, the queue, the engine's bookkeeping) shows.
@@ -112,7 +112,7 @@ def configure_environment(var_dir: Path, run_id: str, args: argparse.Namespace) 
 def build_model(var_dir: Path, given: Path | None) -> Path:
     if given is not None:
         return given
-    from generation.tiny import build_tiny_causal_lm
+    from tests.tiny.causal import build_tiny_causal_lm
 
     folder = build_tiny_causal_lm(var_dir / "model", family="llama")
     config_file = folder / "generation_config.json"

@@ -233,7 +233,7 @@ def configure_environment(var_dir: Path, run_id: str, redis_url: str | None) -> 
 def build_model(var_dir: Path) -> Path:
     """The tiny random Llama, saved and loaded like any model, without an end-of-sequence
     token so that every reply runs to max_tokens."""
-    from generation.tiny import build_tiny_causal_lm
+    from tests.tiny.causal import build_tiny_causal_lm
 
     folder = build_tiny_causal_lm(var_dir / "model", family="llama")
     config_file = folder / "generation_config.json"

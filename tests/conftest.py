@@ -71,7 +71,7 @@ def starter_models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from generation.tiny import build_tiny_causal_lm
+    from tests.tiny.causal import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), family="llama")
 
@@ -98,7 +98,7 @@ JUDGE_TRIGGERS = {"grumbleflax": "S10", "snorbwick": "S1"}
 @pytest.fixture(scope="session")
 def tiny_toxicity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained tiny BERT toxicity classifier (labels non-toxic, insult, threat)."""
-    from generation.tiny_moderation import build_tiny_toxicity_classifier
+    from tests.tiny.moderation import build_tiny_toxicity_classifier
 
     return build_tiny_toxicity_classifier(tmp_path_factory.mktemp("tiny-toxic"), TOXIC_TRIGGERS)
 
@@ -106,7 +106,7 @@ def tiny_toxicity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_judge_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained tiny generative safety model answering Llama Guard's way."""
-    from generation.tiny_moderation import build_tiny_safety_judge
+    from tests.tiny.moderation import build_tiny_safety_judge
 
     return build_tiny_safety_judge(tmp_path_factory.mktemp("tiny-judge"), JUDGE_TRIGGERS)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from generation.tiny_models import IMAGE_LABELS, build_tiny_marian, build_tiny_vit
 from tests.processes import celery_worker, web_server
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.tiny.models import IMAGE_LABELS, build_tiny_marian, build_tiny_vit
 from tests.webapp.test_studio_views import png
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from generation.loading import LoadedModel, load_causal_lm
 from generation.specs import ModelSpec, Quantization
-from generation.tiny import build_tiny_causal_lm
+from tests.tiny.causal import build_tiny_causal_lm
 
 LoadTiny = Callable[..., LoadedModel]
 

@@ -11,7 +11,7 @@ import torch
 from generation.embeddings import cosine_similarity, embed, load_embedder, max_sequence_length
 from generation.loading import LoadedModel, load_model
 from generation.specs import GenerationError, ModelSpec, Quantization, Task
-from generation.tiny_models import build_tiny_bert
+from tests.tiny.models import build_tiny_bert
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

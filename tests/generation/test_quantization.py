@@ -20,7 +20,7 @@ from generation.prompts import build_chat_input
 from generation.quantization import _conv1d_to_linear, apply_int8_dynamic, bnb_config
 from generation.specs import ModelSpec, Quantization, SamplingParams
 from generation.streaming import TokenStream
-from generation.tiny import build_tiny_causal_lm
+from tests.tiny.causal import build_tiny_causal_lm
 
 LoadTiny = Callable[..., LoadedModel]
 PROMPT = "The quick brown fox jumps over the lazy dog."

@@ -18,8 +18,8 @@ from generation.safety.model_layer import (
     layer_for,
 )
 from generation.specs import GenerationError, ModelSpec
-from generation.tiny_moderation import build_tiny_toxicity_classifier
 from tests.conftest import TOXIC_TRIGGERS
+from tests.tiny.moderation import build_tiny_toxicity_classifier
 
 
 def _load(folder: Path, name: str) -> LoadedModel:

@@ -14,7 +14,7 @@ import torch
 from generation.loading import LoadedModel, load_causal_lm, load_model, load_seq2seq_lm
 from generation.specs import Backend, ModelLoadError, ModelSpec, Quantization, SamplingParams, Task
 from generation.streaming import TokenStream
-from generation.tiny_models import build_tiny_bart, build_tiny_marian, build_tiny_t5
+from tests.tiny.models import build_tiny_bart, build_tiny_marian, build_tiny_t5
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "t5": build_tiny_t5,

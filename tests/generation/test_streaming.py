@@ -14,7 +14,7 @@ from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
 from generation.specs import SamplingParams
 from generation.streaming import TokenStream, _held_back
-from generation.tiny import _CORPUS
+from tests.tiny.causal import _CORPUS
 
 LoadTiny = Callable[..., LoadedModel]
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24)

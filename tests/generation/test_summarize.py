@@ -23,7 +23,7 @@ from generation.summarize import (
     split_sentences,
     summarization_prefix,
 )
-from generation.tiny_models import build_tiny_bart, build_tiny_t5
+from tests.tiny.models import build_tiny_bart, build_tiny_t5
 
 STORY = [
     "Atelier is a self-hosted studio for language models.",

@@ -11,12 +11,6 @@ import torch
 
 from generation.loading import LoadedModel, load_seq2seq_lm
 from generation.specs import GenerationError, ModelSpec, SamplingParams, Task
-from generation.tiny_models import (
-    build_tiny_m2m100,
-    build_tiny_marian,
-    build_tiny_nllb,
-    build_tiny_t5,
-)
 from generation.translate import (
     LANGUAGES,
     TranslationStream,
@@ -27,6 +21,12 @@ from generation.translate import (
     supported_languages,
 )
 from tests.generation.test_summarize import counting_generate
+from tests.tiny.models import (
+    build_tiny_m2m100,
+    build_tiny_marian,
+    build_tiny_nllb,
+    build_tiny_t5,
+)
 
 SENTENCES = {
     "en": "The weather is lovely today, so we are taking the children to the park.",

@@ -13,7 +13,6 @@ from PIL import Image
 
 from generation.loading import LoadedModel, load_image_classifier, load_model
 from generation.specs import ModelLoadError, ModelSpec, Quantization, Task
-from generation.tiny_models import IMAGE_LABELS, build_tiny_resnet, build_tiny_vit
 from generation.vision import (
     ImageError,
     ImageLimits,
@@ -23,6 +22,7 @@ from generation.vision import (
     sniff_format,
     to_rgb,
 )
+from tests.tiny.models import IMAGE_LABELS, build_tiny_resnet, build_tiny_vit
 
 BUILDERS = {"vit": build_tiny_vit, "resnet": build_tiny_resnet}
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from generation.tiny_models import IMAGE_LABELS
 from tests.conftest import DIRECT_QUEUE
+from tests.tiny.models import IMAGE_LABELS
 from tests.webapp.test_studio_views import (
     REPORT,
     client_for,

@@ -15,7 +15,8 @@ from generation.rnn.loading import save_rnn_folder
 from generation.rnn.model import CharRNN, RNNConfig
 from generation.rnn.vocab import CharVocab
 from generation.specs import SamplingParams
-from generation.tiny_models import (
+from tests.conftest import DIRECT_QUEUE
+from tests.tiny.models import (
     IMAGE_LABELS,
     build_tiny_bart,
     build_tiny_bert,
@@ -23,7 +24,6 @@ from generation.tiny_models import (
     build_tiny_t5,
     build_tiny_vit,
 )
-from tests.conftest import DIRECT_QUEUE
 from webapp.catalog.models import ModelEntry
 from webapp.inference import services, streams, uploads
 from webapp.inference.models import Generation, Status

@@ -16,8 +16,8 @@ import random
 from collections.abc import Mapping
 from pathlib import Path
 
-from generation.tiny import train_tokenizer
-from generation.tiny_models import BERT_SPECIALS, SEQ2SEQ_CORPUS, _save, bert_tokenizer
+from tests.tiny.causal import train_tokenizer
+from tests.tiny.models import BERT_SPECIALS, SEQ2SEQ_CORPUS, bert_tokenizer, save_folder
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -64,7 +64,7 @@ def build_tiny_toxicity_classifier(
 
     words = [*BERT_SPECIALS, *_corpus_words(), *sorted(triggers)]
     vocab = {token: i for i, token in enumerate(words)}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))  # noqa: S106
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer = bert_tokenizer(raw, max_length=64)
     harmful = sorted(set(triggers.values()))
     labels = harmful if multi_label else ["non-toxic", *harmful]
@@ -102,7 +102,7 @@ def build_tiny_toxicity_classifier(
         loss.backward()
         optimizer.step()
     model.eval()
-    return _save(folder, model, tokenizer)
+    return save_folder(folder, model, tokenizer)
 
 
 def build_tiny_safety_judge(
@@ -167,4 +167,4 @@ def build_tiny_safety_judge(
     model.eval()
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = pad
-    return _save(folder, model, tokenizer)
+    return save_folder(folder, model, tokenizer)

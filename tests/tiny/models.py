@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from generation.tiny import _CORPUS
+from tests.tiny.causal import CORPUS
 
 # Enough text in each language the translation tests use for the tokenizers to cover it.
 SEQ2SEQ_CORPUS = [
-    *_CORPUS,
+    *CORPUS,
     "Der schnelle braune Fuchs springt über den faulen Hund.",
     "Paris ist die Hauptstadt von Frankreich. Berlin ist die Hauptstadt von Deutschland.",
     "Le renard brun rapide saute par-dessus le chien paresseux.",
@@ -116,7 +116,7 @@ def _spread_weights(model: Any, std: float) -> Any:
     return model
 
 
-def _save(folder: Path, model: Any, *companions: Any) -> Path:
+def save_folder(folder: Path, model: Any, *companions: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     for companion in companions:
@@ -132,9 +132,9 @@ def build_tiny_t5(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
         ["<pad>", "</s>", "<unk>"],
         "$A </s>",
         byte_level=False,
-        pad_token="<pad>",  # noqa: S106 - token names, not passwords
-        eos_token="</s>",  # noqa: S106
-        unk_token="<unk>",  # noqa: S106
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
     )
     settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
@@ -151,7 +151,7 @@ def build_tiny_t5(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
         task_specific_params=T5_TASK_PARAMS,
     )
     config = T5Config(**settings)
-    return _save(folder, _random_model(T5ForConditionalGeneration, config, seed), tokenizer)
+    return save_folder(folder, _random_model(T5ForConditionalGeneration, config, seed), tokenizer)
 
 
 def build_tiny_bart(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
@@ -162,18 +162,18 @@ def build_tiny_bart(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
         ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
         "<s> $A </s>",
         byte_level=True,
-        bos_token="<s>",  # noqa: S106
-        pad_token="<pad>",  # noqa: S106
-        eos_token="</s>",  # noqa: S106
-        unk_token="<unk>",  # noqa: S106
-        mask_token="<mask>",  # noqa: S106
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
     )
     config = _seq2seq_config(
         BartConfig, hidden_size, len(tokenizer), **_FAIRSEQ_IDS, forced_eos_token_id=2
     )
     model = _random_model(BartForConditionalGeneration, config, seed)
     model.generation_config.forced_bos_token_id = 0  # as facebook/bart-* have it
-    return _save(folder, model, tokenizer)
+    return save_folder(folder, model, tokenizer)
 
 
 def _train_sentencepiece(vocab_size: int) -> bytes:
@@ -234,7 +234,7 @@ def build_tiny_marian(
         decoder_start_token_id=pad,
         forced_eos_token_id=0,
     )
-    return _save(folder, _random_model(MarianMTModel, config, seed), tokenizer)
+    return save_folder(folder, _random_model(MarianMTModel, config, seed), tokenizer)
 
 
 def build_tiny_nllb(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
@@ -246,13 +246,15 @@ def build_tiny_nllb(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
         ["<s>", "<pad>", "</s>", "<unk>"],
         "$A </s>",
         byte_level=False,
-        unk_token="<unk>",  # noqa: S106
+        unk_token="<unk>",
     )
     backend = json.loads(trained.backend_tokenizer.to_str())["model"]
     merges: Any = [tuple(merge) for merge in backend["merges"]]  # pairs, whatever the stub says
     tokenizer = NllbTokenizer(vocab=backend["vocab"], merges=merges)
     config = _seq2seq_config(M2M100Config, hidden_size, len(tokenizer), **_FAIRSEQ_IDS)
-    return _save(folder, _random_model(M2M100ForConditionalGeneration, config, seed), tokenizer)
+    return save_folder(
+        folder, _random_model(M2M100ForConditionalGeneration, config, seed), tokenizer
+    )
 
 
 def build_tiny_m2m100(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
@@ -275,7 +277,9 @@ def build_tiny_m2m100(folder: Path, seed: int = 0, hidden_size: int = 32) -> Pat
     # The language tokens have ids after the vocabulary, and len(tokenizer) leaves them out.
     vocab_size = max(tokenizer.lang_code_to_id.values()) + 1
     config = _seq2seq_config(M2M100Config, hidden_size, vocab_size, **_FAIRSEQ_IDS)
-    return _save(folder, _random_model(M2M100ForConditionalGeneration, config, seed), tokenizer)
+    return save_folder(
+        folder, _random_model(M2M100ForConditionalGeneration, config, seed), tokenizer
+    )
 
 
 def _labels(labels: tuple[str, ...]) -> dict[str, Any]:
@@ -302,7 +306,7 @@ def build_tiny_vit(folder: Path, seed: int = 0, labels: tuple[str, ...] = IMAGE_
     )
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     torch.manual_seed(seed)
-    return _save(folder, ViTForImageClassification(config), processor)
+    return save_folder(folder, ViTForImageClassification(config), processor)
 
 
 def build_tiny_resnet(folder: Path, seed: int = 0, labels: tuple[str, ...] = IMAGE_LABELS) -> Path:
@@ -328,7 +332,7 @@ def build_tiny_resnet(folder: Path, seed: int = 0, labels: tuple[str, ...] = IMA
                 assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
-    return _save(folder, model, processor)
+    return save_folder(folder, model, processor)
 
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -349,11 +353,11 @@ def bert_tokenizer(raw: Any, max_length: int) -> Any:
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=raw,
-        pad_token="[PAD]",  # noqa: S106
-        unk_token="[UNK]",  # noqa: S106
-        cls_token="[CLS]",  # noqa: S106
-        sep_token="[SEP]",  # noqa: S106
-        mask_token="[MASK]",  # noqa: S106
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
         model_max_length=max_length,
     )
 
@@ -364,7 +368,7 @@ def build_tiny_bert(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import BertConfig, BertModel
 
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))  # noqa: S106
+    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     raw.decoder = decoders.WordPiece()
     raw.normalizer = normalizers.BertNormalizer(lowercase=True)  # (before training)
     raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -383,4 +387,4 @@ def build_tiny_bert(folder: Path, seed: int = 0, hidden_size: int = 32) -> Path:
         pad_token_id=0,
     )
     torch.manual_seed(seed)
-    return _save(folder, BertModel(config), tokenizer)
+    return save_folder(folder, BertModel(config), tokenizer)

@@ -16,7 +16,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-_CORPUS = [
+CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Atelier streams tokens from a worker to the browser over a WebSocket.",
     "A language model predicts the next token from the ones before it.",
@@ -43,13 +43,13 @@ def train_tokenizer(vocab_size: int = 300, corpus: Sequence[str] = ()) -> Any:
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    raw.train_from_iterator(list(corpus) or _CORPUS * 4, trainer=trainer)
+    raw.train_from_iterator(list(corpus) or CORPUS * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
-        bos_token="<|endoftext|>",  # noqa: S106 - token names, not passwords
-        eos_token="<|im_end|>",  # noqa: S106
-        pad_token="<|endoftext|>",  # noqa: S106
-        unk_token="<|endoftext|>",  # noqa: S106
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
