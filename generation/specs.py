@@ -16,6 +16,14 @@ class Task(StrEnum):
     EMBED = "embed"
 
 
+class SummaryLength(StrEnum):
+    """A summary's length preset (generation.summarize says what each asks of a model)."""
+
+    SHORT = "short"
+    MEDIUM = "medium"
+    LONG = "long"
+
+
 class Backend(StrEnum):
     TRANSFORMERS = "transformers"
     RNN = "rnn"

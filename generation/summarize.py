@@ -12,19 +12,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 
 from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
-from generation.specs import GenerationError, SamplingParams
+from generation.specs import GenerationError, SamplingParams, SummaryLength
 from generation.streaming import StreamStats, TokenStream
-
-
-class SummaryLength(StrEnum):
-    SHORT = "short"
-    MEDIUM = "medium"
-    LONG = "long"
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def test_a_blocked_message_reaches_the_review_queue_and_the_admin_confirms_it(
     erin.press("#input", "Enter")
     erin.wait_for_selector(".msg.user.blocked .note")
     note = erin.inner_text(".msg.user.blocked .note")
-    assert "blocked by the content policy (violence)" in note
+    assert "Blocked by the content policy (violence)" in note
     assert erin.locator(".msg.assistant").count() == 0  # no reply was started
     assert erin.is_visible("#send") and erin.is_hidden("#stop")
     shot(erin, "moderation-user-blocked.png")

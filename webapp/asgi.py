@@ -13,13 +13,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from webapp.chat.routing import websocket_urlpatterns as chat_websockets  # noqa: E402
 from webapp.jobs.routing import websocket_urlpatterns as job_websockets  # noqa: E402
-from webapp.studio.routing import websocket_urlpatterns as studio_websockets  # noqa: E402
+from webapp.inference.routing import websocket_urlpatterns as generation_websockets  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(chat_websockets + job_websockets + studio_websockets))
+            AuthMiddlewareStack(URLRouter(chat_websockets + job_websockets + generation_websockets))
         ),
     }
 )

@@ -6,7 +6,9 @@ The web process checks every input with the rules and the built-in classifier be
 queues anything (a blocked text never becomes a Generation). A policy's moderation models
 run here, where models are loaded: on the request's input before the task's model runs (a
 block ends the generation as `blocked` with the notice, and the task's model never sees
-the text), and on the output as it streams, in the same `OutputGuard` as the rules.
+the text), and on the output as it streams, in the same `OutputGuard` as the rules. (A
+front end that stored the input, e.g. the chat message, hears of the block through
+`inference.signals.generation_finished`.)
 
 A policy that names a moderation model the worker cannot use (deleted, disabled, failing
 to load, or neither a text classifier nor a generative safety model) fails the request with
@@ -94,21 +96,16 @@ def screen_input(
     safety = SafetyFilter(_allow_list_only(), models=layers)
     checked = [(safety.check(text, named.policy), text) for text in texts]
     verdict, text = max(checked, key=lambda pair: (pair[0].action.severity, pair[0].score))
-    message_id = _user_message_id(generation)
     services.record_verdict(
         generation.user,
         verdict,
         direction=Direction.INPUT,
         task=generation.task,
         text=text,
+        context=_context(generation),
         policy=named.name,
         generation_id=generation.pk,
-        message_id=message_id,
     )
-    if verdict.blocked and message_id is not None:
-        from webapp.chat.services import blocked_on_worker
-
-        blocked_on_worker(message_id)
     return verdict
 
 
@@ -124,15 +121,9 @@ def _allow_list_only() -> RuleSet:
     return _allow_only[1]
 
 
-def _user_message_id(generation: Generation) -> int | None:
-    """The chat message a chat reply answers (a block marks it, and later replies leave it
-    out of the history), or None."""
-    if generation.task != Task.CHAT:
-        return None
-    from webapp.chat.models import Message
-
-    return (
-        Message.objects.filter(generation_id=generation.pk)
-        .values_list("parent_id", flat=True)
-        .first()
-    )
+def _context(generation: Generation) -> str:
+    """What a chat's latest message answers (the turn before it), for the reviewer."""
+    turns: Any = (generation.input or {}).get("messages") if generation.task == Task.CHAT else None
+    if not isinstance(turns, list) or len(turns) < 2 or not isinstance(turns[-2], dict):
+        return ""
+    return str(turns[-2].get("content") or "")

@@ -6,7 +6,8 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 
 from webapp.catalog.models import ModelEntry
-from webapp.catalog.services import ModelNotAvailable, usable_model, usable_models
+from webapp.catalog.services import usable_model, usable_models
+from webapp.inference.refusals import ModelUnavailable
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +48,7 @@ def test_groups_limit_who_may_use_a_model(alice: Any, bob: Any) -> None:
     bob.groups.add(team)
     assert set(usable_models(alice, "chat")) == {everyone}
     assert set(usable_models(bob, "chat")) == {everyone, staff_only}
-    with pytest.raises(ModelNotAvailable):
+    with pytest.raises(ModelUnavailable):
         usable_model(alice, "chat", staff_only.pk)
     assert usable_model(bob, "chat", staff_only.pk) == staff_only
     assert usable_model(alice, "chat", None) == everyone
@@ -57,7 +58,7 @@ def test_disabled_and_wrong_task_models_are_not_usable(alice: Any) -> None:
     disabled = entry("off", enabled=False)
     summarizer = entry("sum", task="summarize")
     for model in (disabled, summarizer):
-        with pytest.raises(ModelNotAvailable):
+        with pytest.raises(ModelUnavailable):
             usable_model(alice, "chat", model.pk)
-    with pytest.raises(ModelNotAvailable, match="No chat model"):
+    with pytest.raises(ModelUnavailable, match="No chat model"):
         usable_model(alice, "chat", None)

@@ -6,8 +6,8 @@ from django.urls import reverse
 
 from generation.specs import SamplingParams
 from webapp.chat import services
-from webapp.chat.rendering import render_markdown
 from webapp.inference.models import Status
+from webapp.inference.rendering import render_markdown
 
 pytestmark = pytest.mark.django_db
 

@@ -15,6 +15,7 @@ from tests.conftest import DIRECT_QUEUE
 from webapp.catalog.models import ModelEntry
 from webapp.inference import services as inference
 from webapp.inference.models import Generation, Priority, Status
+from webapp.inference.refusals import NotAllowed
 from webapp.jobs import engine, inputs, services
 from webapp.jobs.models import ItemStatus, Job, JobItem, JobStatus
 from webapp.moderation import services as moderation
@@ -242,7 +243,7 @@ def test_unreadable_inputs_fail_alone_and_are_never_sent(
 
 def test_a_pending_user_cannot_start_a_job(make_user: Any, summarizer: ModelEntry) -> None:
     pending = make_user("paula", role="pending")
-    with pytest.raises(services.NotAllowed, match="approval"):
+    with pytest.raises(NotAllowed, match="approval"):
         make_job(pending, summarizer, DOCS[:1])
     assert not Job.objects.exists() and not JobItem.objects.exists()
 
@@ -292,14 +293,14 @@ def test_a_suspended_user_cannot_start_a_job_and_a_running_one_pauses(
     assert job.status == JobStatus.PAUSED and job.done_count == 1
     with pytest.raises(engine.JobStateError, match="suspended"):
         engine.resume(job)
-    with pytest.raises(services.NotAllowed, match="suspended"):
+    with pytest.raises(NotAllowed, match="suspended"):
         make_job(alice, summarizer, DOCS[:1])
 
 
 def test_a_translation_job_runs_on_a_translation_model_and_unsupported_pairs_fail_clearly(
     alice: Any, tmp_path: Path
 ) -> None:
-    from generation.tiny_models import build_tiny_marian
+    from tests.tiny.models import build_tiny_marian
 
     marian = ModelEntry.objects.create(
         name="tiny-marian-en-de",

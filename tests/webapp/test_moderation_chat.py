@@ -35,7 +35,7 @@ async def test_a_blocked_prompt_never_creates_a_generation_nor_wakes_a_worker(
     event = await communicator.receive_json_from(timeout=10)
     assert event["type"] == "blocked", event
     assert event["kind"] == "message" and event["category"] == "violence"
-    assert "blocked by the content policy (violence)" in event["message"]
+    assert "Blocked by the content policy (violence)" in event["message"]
     assert event["created_conversation"] is True and event["title"] == "Blocked message"
     assert event["branches"][str(event["user_message"])]["count"] == 1
     assert await communicator.receive_nothing(timeout=0.5)  # no accepted, no stream
@@ -44,7 +44,7 @@ async def test_a_blocked_prompt_never_creates_a_generation_nor_wakes_a_worker(
     message = await Message.objects.aget(pk=event["user_message"])
     assert message.content == THREAT and message.role == "user"  # kept for review
     moderation = await ModerationEvent.objects.aget()
-    assert moderation.message_id == message.pk and moderation.generation_id is None
+    assert message.blocked_by_id == moderation.pk and moderation.generation_id is None
     assert moderation.action == "block" and moderation.direction == "input"
     conversation = await Conversation.objects.aget(pk=event["conversation"])
     assert conversation.current_leaf_id == message.pk
@@ -99,7 +99,7 @@ async def test_a_flagged_prompt_proceeds_and_is_recorded(alice: Any, chat_model:
     accepted = await send_message(communicator, content=THREAT)
     event = await ModerationEvent.objects.aget()
     assert event.action == "flag" and event.category == "violence"
-    assert event.message_id == accepted["user_message"]
+    assert event.context == ""  # the first message of a conversation answers nothing
     assert event.generation_id == accepted["generation"]
     await run_worker(accepted["generation"])
     assert (await receive_until_done(communicator))[-1]["type"] == "done"

@@ -97,7 +97,6 @@ def test_a_rule_matching_the_output_cuts_the_stream_and_withholds_the_rest(
     stored = ModerationEvent.objects.get()
     assert stored.direction == "output" and stored.action == "block"
     assert stored.generation_id == generation.pk
-    assert stored.message_id == Message.objects.get(generation=generation).pk
     assert stored.text.startswith(released) and len(stored.text) > len(released)
     assert AuditEntry.objects.filter(action="output.block", target_id=str(stored.pk)).exists()
     assert guard.record(generation.pk) is None  # recorded once
@@ -123,7 +122,7 @@ def test_checking_at_the_end_releases_nothing_until_the_reply_has_passed(
     assert guard.record(generation.pk) is None  # allowed: audited, not queued for review
     entry = AuditEntry.objects.get()
     assert entry.action == "output.allow" and entry.details["generation"] == generation.pk
-    assert entry.target_type == "message"
+    assert entry.target_type == "generation" and entry.target_id == str(generation.pk)
 
 
 def test_a_flagged_output_streams_on_and_is_recorded(

@@ -14,6 +14,7 @@ from django.test import Client
 
 from generation.specs import SamplingParams
 from webapp.chat import services as chat
+from webapp.chat.models import Message
 from webapp.moderation import services
 from webapp.moderation.models import (
     AllowedPhrase,
@@ -42,8 +43,8 @@ def admin(make_user: Any) -> Any:
     return make_user("root", role="admin")
 
 
-def post_blocked(user: Any, content: str = THREAT) -> chat.InputBlocked:
-    with pytest.raises(chat.InputBlocked) as caught:
+def post_blocked(user: Any, content: str = THREAT) -> chat.MessageBlocked:
+    with pytest.raises(chat.MessageBlocked) as caught:
         chat.post_message(
             user,
             content=content,
@@ -75,7 +76,7 @@ def test_the_queue_lists_blocked_items_with_context_and_verdict(
     assert f'id="event-{event.pk}"' in page
     assert THREAT in page and "alice" in page and "violence" in page
     assert "violence-threat" in page  # the explanation names the rule
-    assert f"message {blocked.user_message.pk}" in page
+    assert blocked.user_message.blocked_by_id == event.pk
 
 
 def test_queue_filters(alice: Any, admin: Any, chat_model: Any) -> None:
@@ -246,14 +247,15 @@ def test_a_blocked_system_prompt_blocks_the_message_and_is_not_kept(
             params=SamplingParams(),
         )
 
-    with pytest.raises(chat.InputBlocked) as caught:
+    with pytest.raises(chat.MessageBlocked) as caught:
         post("Always tell the user: I will kill you")
     blocked = caught.value
     assert blocked.category == "violence"
     assert blocked.conversation.system_prompt == ""
     event = ModerationEvent.objects.get()
-    assert event.task == chat.SYSTEM_PROMPT_TASK and event.message_id == blocked.user_message.pk
-    with pytest.raises(chat.InputBlocked):  # the same prompt again: checked again
+    assert event.task == chat.SYSTEM_PROMPT_TASK
+    assert Message.objects.get(pk=blocked.user_message.pk).blocked_by_id == event.pk
+    with pytest.raises(chat.MessageBlocked):  # the same prompt again: checked again
         post("Always tell the user: I will kill you", blocked.conversation.pk)
     posted = post("You are kind.", blocked.conversation.pk)
     generation = posted.assistant_message.generation

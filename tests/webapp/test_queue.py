@@ -14,6 +14,7 @@ from webapp.chat import services
 from webapp.inference import dispatch, liveness, streams
 from webapp.inference import services as inference
 from webapp.inference.models import Generation, Status
+from webapp.inference.refusals import LimitReached
 from workers.heartbeat import Heartbeat
 
 pytestmark = pytest.mark.django_db
@@ -70,7 +71,7 @@ def test_the_concurrency_limit_refuses_and_stores_nothing(
     ask(alice)
     ask(alice)
     before = Generation.objects.count()
-    with pytest.raises(inference.LimitReached, match="2 replies in progress"):
+    with pytest.raises(LimitReached, match="2 replies in progress"):
         ask(alice)
     assert Generation.objects.count() == before
     # A group with a higher limit lifts it; a finished generation frees a place too.
@@ -78,7 +79,7 @@ def test_the_concurrency_limit_refuses_and_stores_nothing(
     GroupLimits.objects.create(group=group, max_concurrent_generations=3)
     alice.groups.add(group)
     third = ask(alice)
-    with pytest.raises(inference.LimitReached):
+    with pytest.raises(LimitReached):
         ask(alice)
     inference.stop(third)
     ask(alice)

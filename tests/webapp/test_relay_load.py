@@ -18,10 +18,10 @@ from django.test.utils import CaptureQueriesContext
 
 from generation.specs import SamplingParams, Task
 from tests.webapp.test_chat_consumer import connect, receive_until_done, run_worker, send_message
-from webapp.chat import services, watching
+from webapp.chat import services
 from webapp.chat.consumers import ChatConsumer
 from webapp.inference import services as inference
-from webapp.inference import streams
+from webapp.inference import streams, watching
 from webapp.inference.events import Usage
 from webapp.inference.models import Generation, Status
 from webapp.moderation import config as moderation_config

@@ -19,8 +19,8 @@ from tests.conftest import DIRECT_QUEUE
 from tests.webapp.test_studio_views import REPORT, models, tiny_folders, uploads_dir
 from webapp.inference import streams
 from webapp.inference.models import Generation, Status
+from webapp.inference.routing import websocket_urlpatterns
 from webapp.studio import services
-from webapp.studio.routing import websocket_urlpatterns
 from workers.runner import run_next
 
 __all__ = ["models", "tiny_folders", "uploads_dir"]  # fixtures used here

@@ -16,8 +16,8 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from generation.tiny_models import build_tiny_marian, build_tiny_t5, build_tiny_vit
 from tests.conftest import DIRECT_QUEUE
+from tests.tiny.models import build_tiny_marian, build_tiny_t5, build_tiny_vit
 from webapp.catalog.models import ModelEntry
 from webapp.inference.models import Generation, Priority, Status
 from webapp.moderation import services as moderation
@@ -305,7 +305,7 @@ def test_a_blocked_text_creates_no_generation_and_says_why(
         response = client.post(path, fields)
         page = response.content.decode()
         assert response.status_code == 400 and 'class="notice problem blocked"' in page
-        assert "blocked by the content policy (violence)" in error(page)
+        assert "Blocked by the content policy (violence)" in error(page)
         assert textarea(page) == THREAT
     assert not Generation.objects.exists() and not Result.objects.exists()
     events = ModerationEvent.objects.filter(user=alice, action="block")

@@ -13,17 +13,18 @@ from typing import Any
 import pytest
 
 from generation.specs import SamplingParams
-from generation.tiny_moderation import build_tiny_toxicity_classifier
 from tests.conftest import DIRECT_QUEUE
+from tests.tiny.moderation import build_tiny_toxicity_classifier
 from tests.webapp.test_moderation_guard import late_target
 from webapp.catalog.models import ModelEntry
 from webapp.chat import services as chat
+from webapp.chat.models import Message
 from webapp.inference import services, streams
-from webapp.inference.models import Generation, Status
+from webapp.inference.models import INPUT_BLOCKED, Generation, Status
 from webapp.moderation import services as moderation
 from webapp.moderation.models import AuditEntry, Direction, ModerationEvent, Policy
 from workers import model_cache
-from workers.runner import INPUT_BLOCKED, run_next
+from workers.runner import run_next
 
 pytestmark = pytest.mark.django_db
 
@@ -77,10 +78,10 @@ def test_a_moderation_model_blocks_an_input_the_web_check_let_through(
     assert not [e for e in events if e["type"] == "token"]
     assert events[-1]["type"] == "done" and events[-1]["status"] == "blocked"
     event = ModerationEvent.objects.get(direction=Direction.INPUT, action="block")
-    assert event.message_id == posted.user_message.pk and event.generation_id == generation.pk
+    assert event.generation_id == generation.pk
+    assert Message.objects.get(pk=posted.user_message.pk).blocked_by_id == event.pk
     assert "tiny-toxic scored" in event.explanation and "grumbleflax" in event.explanation
     # The blocked message is marked as such and left out of the next reply's history.
-    assert moderation.blocked_inputs([posted.user_message.pk]) == {posted.user_message.pk: "insult"}
     posted.conversation.refresh_from_db()
     assert posted.conversation.title == chat.BLOCKED_TITLE  # not the blocked text
     following = send(alice, "tell me about the lazy dog", posted.conversation.pk)

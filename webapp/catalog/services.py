@@ -7,10 +7,7 @@ from django.utils import timezone
 
 from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
-
-
-class ModelNotAvailable(Exception):
-    """The model does not exist, is disabled, serves another task, or this user may not use it."""
+from webapp.inference.refusals import ModelUnavailable
 
 
 def usable_models(user: User, task: str) -> QuerySet[ModelEntry]:
@@ -23,16 +20,17 @@ def usable_models(user: User, task: str) -> QuerySet[ModelEntry]:
 
 
 def usable_model(user: User, task: str, model_id: int | None) -> ModelEntry:
-    """The model a request asked for (or the task's default), if this user may use it."""
+    """The model a request asked for (or the task's default), if this user may use it;
+    ModelUnavailable otherwise."""
     models = usable_models(user, task)
     if model_id is None:
         entry = models.filter(is_default=True).first() or models.first()
         if entry is None:
-            raise ModelNotAvailable(f"No {task} model is available to you.")
+            raise ModelUnavailable(f"No {task} model is available to you.")
         return entry
     entry = models.filter(pk=model_id).first()
     if entry is None:
-        raise ModelNotAvailable("That model does not exist or is not available to you.")
+        raise ModelUnavailable("That model does not exist or is not available to you.")
     return entry
 
 

@@ -1,9 +1,8 @@
-"""The chat WebSocket: validate a frame, call a service, relay the generation's stream."""
+"""The chat WebSocket: validate a frame, call a service, relay the generation's stream
+(through `inference.relay`, as every front end does)."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +13,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import connections
 
 from webapp.accounts.models import User
-from webapp.catalog.services import ModelNotAvailable
-from webapp.chat import services, watching
+from webapp.chat import services
 from webapp.chat.protocol import (
     Edit,
     ProtocolError,
@@ -26,11 +24,10 @@ from webapp.chat.protocol import (
     parse_client_message,
     parse_frame,
 )
-from webapp.chat.rendering import render_markdown
 from webapp.inference import services as inference
-from webapp.inference import streams
-from webapp.inference.events import DoneEvent, Usage
-from webapp.inference.models import Generation
+from webapp.inference.consumers import CLOSE_UNAUTHENTICATED
+from webapp.inference.refusals import Refused
+from webapp.inference.relay import Relay
 
 R = TypeVar("R")
 # Storing a message (and queueing its reply) runs on a pool of its own, not on Channels'
@@ -72,11 +69,18 @@ def posting(service: Callable[..., services.Posted]) -> Callable[..., Any]:
 
 log = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
+
+# The protocol's error codes for the front door's refusals whose code differs.
+PROTOCOL_CODES = {"model_unavailable": "not_found", "invalid_input": "bad_request"}
+
+
+def error_code(refused: Refused) -> str:
+    return PROTOCOL_CODES.get(refused.code, refused.code)
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     user: User
+    relay: Relay
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -84,15 +88,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
-        self.redis = streams.async_redis()
-        self.relays: dict[int, asyncio.Task[None]] = {}
+        self.relay = Relay(self.send_json)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        for task in getattr(self, "relays", {}).values():
-            task.cancel()
-        if hasattr(self, "redis"):
-            await self.redis.aclose()
+        if hasattr(self, "relay"):
+            await self.relay.close()
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
@@ -111,16 +112,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.handle_stop(message)
         except ProtocolError as exc:
             await self.send_error(exc.code, exc.message)
-        except services.Suspended as exc:
-            await self.send_error("suspended", str(exc))
-        except services.NotAllowed as exc:
-            await self.send_error("not_allowed", str(exc))
-        except inference.LimitReached as exc:
-            await self.send_error("limit_reached", str(exc))
-        except services.BadRequest as exc:
-            await self.send_error("bad_request", str(exc))
-        except (services.NotFound, ModelNotAvailable) as exc:
-            await self.send_error("not_found", str(exc))
+        except Refused as exc:
+            await self.send_error(error_code(exc), exc.message)
         except Exception:
             log.exception("chat consumer: unexpected error for user %s", self.user.pk)
             await self.send_error(
@@ -140,7 +133,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 system=message.system,
                 params=message.params,
             )
-        except services.InputBlocked as blocked:
+        except services.MessageBlocked as blocked:
             await self.blocked("message", blocked)
             return
         await self.accepted("message", *posted)
@@ -161,12 +154,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 system=message.system,
                 params=message.params,
             )
-        except services.InputBlocked as blocked:
+        except services.MessageBlocked as blocked:
             await self.blocked("edit", blocked)
             return
         await self.accepted("edit", *posted)
 
-    async def blocked(self, kind: str, blocked: services.InputBlocked) -> None:
+    async def blocked(self, kind: str, blocked: services.MessageBlocked) -> None:
         """The message was stored but blocked by the content policy: no reply follows."""
 
         def places() -> Places:
@@ -204,7 +197,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "branches": places,
             }
         )
-        self.start_relay(generation_id, after=0, unfinished=True)
+        self.relay.start(generation_id, after=0, unfinished=True)
 
     async def handle_subscribe(self, message: Subscribe) -> None:
         generation = await database_sync_to_async(inference.generation_for_user)(
@@ -212,7 +205,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         if generation is None:
             raise services.NotFound("No such generation.")
-        self.start_relay(generation.pk, after=message.after, unfinished=not generation.is_finished)
+        self.relay.start(generation.pk, after=message.after, unfinished=not generation.is_finished)
 
     async def handle_stop(self, message: Stop) -> None:
         generation = await database_sync_to_async(inference.generation_for_user)(
@@ -221,114 +214,3 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if generation is None:
             raise services.NotFound("No such generation.")
         await database_sync_to_async(inference.stop)(generation.pk)
-
-    def start_relay(self, generation_id: int, after: int, unfinished: bool = False) -> None:
-        """Relay the generation's stream. `unfinished`: the caller has just seen it queued
-        or running, so its stream cannot have expired yet and the database is not asked."""
-        previous = self.relays.pop(generation_id, None)
-        if previous is not None:
-            previous.cancel()
-        self.relays[generation_id] = asyncio.create_task(
-            self.relay(generation_id, after, unfinished)
-        )
-
-    async def relay(self, generation_id: int, after: int, unfinished: bool = False) -> None:
-        """Send the generation's events after `after` to the client, then live ones,
-        ending with its done event (rendered to HTML here, in the web process). While
-        it waits in the queue, a watcher tells the client its place."""
-        watcher = asyncio.create_task(self.watch(generation_id))
-        try:
-            if not unfinished and await self.answered_from_database(generation_id):
-                return
-            async for event in streams.read_events(self.redis, generation_id, after):
-                if event is None:  # nothing new for a while: has the stream expired?
-                    if await self.answered_from_database(generation_id):
-                        return
-                    continue
-                if event["type"] == "done":
-                    text = event.get("text")
-                    if text is None:  # written without it: the database has the text
-                        generation = await database_sync_to_async(Generation.objects.get)(
-                            pk=generation_id
-                        )
-                        text = generation.output
-                    await self.send_json(_with_text(event, text))
-                    return
-                await self.send_json(event)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("relay of generation %s failed", generation_id)
-            await self.send_error(
-                "stream_error", "The reply's stream was interrupted; reload to see it."
-            )
-        finally:
-            watcher.cancel()
-            if self.relays.get(generation_id) is asyncio.current_task():
-                del self.relays[generation_id]
-
-    async def watch(self, generation_id: int) -> None:
-        """Events that are not part of the stream: `queue` (position, workers, estimated
-        wait) while the generation is queued, and `worker_lost` when the worker running it
-        stopped beating (another worker will requeue it; see workers/heartbeat.py). They
-        come from the process's one watcher (webapp/chat/watching.py)."""
-        shared = watching.watcher()
-        events = shared.subscribe(generation_id)
-        last: dict[str, Any] | None = None
-        warned_worker = ""
-        try:
-            while (event := await events.get()) is not None:
-                if event["type"] == "worker_lost":
-                    if event["worker"] != warned_worker:
-                        warned_worker = event["worker"]
-                        await self.send_json(event)
-                elif event != last:
-                    await self.send_json(event)
-                last = event
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the watcher is a courtesy; the relay carries on without it
-            log.exception("queue watcher of generation %s failed", generation_id)
-        finally:
-            shared.unsubscribe(generation_id, events)
-
-    async def answered_from_database(self, generation_id: int) -> bool:
-        """A finished generation whose stream has expired from Redis: send its done event
-        from the database (the text is kept there for good). True if it was sent.
-
-        The database is read first: the worker writes its stream before it records the
-        end, so "finished" and then "no stream" can only mean the stream expired. (In the
-        other order, a reply that starts and ends between the two reads would be sent
-        without its tokens.)"""
-        generation = await database_sync_to_async(Generation.objects.get)(pk=generation_id)
-        if not generation.is_finished:
-            return False
-        if await self.redis.exists(streams.stream_key(generation_id)):
-            return False
-        await self.send_json(_done_from_database(generation))
-        return True
-
-
-def _with_text(event: DoneEvent, text: str) -> DoneEvent:
-    return {**event, "text": text, "html": _rendered(event["generation"], event["seq"], text)}
-
-
-@functools.lru_cache(maxsize=256)
-def _rendered(generation_id: int, seq: int, text: str) -> str:
-    """A reply's HTML, rendered once per process however many tabs relay it."""
-    return render_markdown(text)
-
-
-def _done_from_database(generation: Generation) -> DoneEvent:
-    event = DoneEvent(
-        type="done",
-        generation=generation.pk,
-        seq=0,
-        status=generation.status,
-        finish_reason=generation.finish_reason,
-        error=generation.error,
-        usage=Usage(
-            prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
-        ),
-    )
-    return _with_text(event, generation.output)

@@ -66,6 +66,14 @@ class Message(models.Model):
         blank=True,
         related_name="message",
     )
+    blocked_by = models.ForeignKey(
+        "moderation.ModerationEvent",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The verdict that kept this user message from the model, if one did.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

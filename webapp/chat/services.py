@@ -8,6 +8,7 @@ Messages form a tree. A conversation shows one path through it, from the root to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
@@ -15,48 +16,38 @@ from django.db.models import QuerySet
 from generation.prompts import ChatTurn
 from generation.specs import SamplingParams, Task
 from webapp.accounts.models import User
-from webapp.catalog.models import ModelEntry
-from webapp.catalog.services import usable_model
 from webapp.chat.models import Conversation, Message, Role, TitleSource
-from webapp.inference import services as inference
-from webapp.moderation import services as moderation
+from webapp.inference import front_door
+from webapp.inference.models import INPUT_BLOCKED, Generation, Status
+from webapp.inference.refusals import InputBlocked, Refused
+
+SYSTEM_PROMPT_TASK = "chat:system"  # how a system prompt's check is labelled for reviewers
+BLOCKED_TITLE = "Blocked message"
 
 
-class NotAllowed(Exception):
-    """The user may not do this (e.g. an account pending approval)."""
+class NotFound(Refused):
+    """No such object for this user (another user's ids look exactly like missing ones)."""
+
+    code = "not_found"
 
 
-class Suspended(NotAllowed):
-    """The account is suspended by moderation; the message says why."""
+class BadRequest(Refused):
+    """The request names real objects but cannot be done (e.g. regenerate a user message)."""
+
+    code = "bad_request"
 
 
-class InputBlocked(Exception):
+class MessageBlocked(InputBlocked):
     """The message was stored, but the content policy blocked it: no reply was started and
     the message is never sent to a model (it is kept for review)."""
 
     def __init__(
-        self, posted_to: Conversation, message: Message, created: bool, category: str
+        self, blocked: InputBlocked, posted_to: Conversation, message: Message, created: bool
     ) -> None:
+        super().__init__(blocked.message, category=blocked.category, checked=blocked.checked)
         self.conversation = posted_to
         self.user_message = message
         self.created_conversation = created
-        self.category = category
-        self.message = (
-            f"Your message was blocked by the content policy ({category or 'content'}) and "
-            "was not sent to the model. It is kept for review by an administrator."
-        )
-        super().__init__(self.message)
-
-
-BLOCKED_TITLE = "Blocked message"
-
-
-class NotFound(Exception):
-    """No such object for this user (another user's ids look exactly like missing ones)."""
-
-
-class BadRequest(Exception):
-    """The request names real objects but cannot be done (e.g. regenerate a user message)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +103,7 @@ def _path_to(messages: dict[int, Message], leaf: Message) -> list[Message]:
 def visible_path(conversation: Conversation) -> list[Message]:
     """The messages shown, oldest first: the path from the root to the current leaf
     (the newest message when no leaf has been chosen)."""
-    messages = {m.pk: m for m in conversation.messages.select_related("generation")}
+    messages = {m.pk: m for m in conversation.messages.select_related("generation", "blocked_by")}
     if not messages:
         return []
     leaf = messages.get(conversation.current_leaf_id or 0) or max(
@@ -166,37 +157,36 @@ def _start_reply(
     user: User,
     conversation: Conversation,
     user_message: Message,
-    model: ModelEntry,
+    model_id: int | None,
     params: SamplingParams,
+    screened: list[front_door.Screened],
     history: list[Message] | None = None,
 ) -> Message:
-    """Queue the assistant's reply to user_message (the history is the path to it: pass
-    it when it is at hand, the path before user_message) and make that reply the
-    conversation's current leaf. Runs inside the caller's transaction; user_message has
-    just passed the input check."""
+    """Queue the assistant's reply to user_message through the front door (the history is
+    the path to it: pass it when it is at hand, the path before user_message) and make that
+    reply the conversation's current leaf. Runs inside the caller's transaction; raises
+    what the front door refuses, InputBlocked when the `screened` texts are blocked."""
     if history is None:
-        messages = {m.pk: m for m in conversation.messages.select_related("generation")}
+        messages = {m.pk: m for m in conversation.messages.all()}
         history = _path_to(messages, user_message)[:-1]
-    path = [*history, user_message]
-    earlier = [m.pk for m in history if m.role == Role.USER]
-    blocked = moderation.blocked_inputs(earlier) if earlier else {}
     turns: list[ChatTurn] = [
         {"role": m.role, "content": m.text}
-        for m in path
-        if m.pk not in blocked and (m.text or m.role == Role.USER)
+        for m in [*history, user_message]
+        if m.blocked_by_id is None and (m.text or m.role == Role.USER)
     ]
-    generation = inference.create_generation(
-        user=user,
-        model=model,
+    generation = front_door.submit(
+        user,
+        model=model_id,
         task=Task.CHAT,
         input={"system": conversation.system_prompt, "messages": turns},
         params=params.to_dict(),
+        screened=screened,
     )
     reply = Message.objects.create(
         conversation=conversation, parent=user_message, role=Role.ASSISTANT, generation=generation
     )
     conversation.current_leaf = reply
-    conversation.model = model
+    conversation.model_id = generation.model_id
     conversation.save(update_fields=["current_leaf", "model", "system_prompt", "updated_at"])
     return reply
 
@@ -208,53 +198,62 @@ def _locked_conversation(user: User, conversation_id: int) -> Conversation:
     return found
 
 
-def check_can_generate(user: User) -> None:
-    """Refuse pending or disabled accounts (NotAllowed), suspended ones (Suspended) and
-    users at their limit of generations in progress (inference.LimitReached)."""
-    if not user.can_generate:
-        raise NotAllowed(user.why_cannot_generate)
-    suspension = moderation.active_suspension(user)
-    if suspension is not None:
-        raise Suspended(moderation.suspension_message(suspension))
-    inference.check_concurrency(user)
-
-
-SYSTEM_PROMPT_TASK = "chat:system"  # how a system prompt's check is labelled for reviewers
-
-
-def _check_input(
-    user: User, content: str, system: str | None, current_system: str
-) -> moderation.Checked:
-    """Check the message, and the system prompt when it is new or changed (it reaches the
-    model too); the more severe verdict decides. Every check is recorded."""
-    checked = moderation.check_input(user, content, task=Task.CHAT)
+def _screened(
+    content: str, system: str | None, current_system: str, history: list[Message]
+) -> list[front_door.Screened]:
+    """The message, and the system prompt when it is new or changed (it reaches the model
+    too), with the reply it answers as the reviewer's context."""
+    context = history[-1].text if history else ""
+    texts = [front_door.Screened(content, Task.CHAT, context)]
     if system and system.strip() and system != current_system:
-        of_system = moderation.check_input(user, system, task=SYSTEM_PROMPT_TASK)
-        if of_system.verdict.action.severity > checked.verdict.action.severity:
-            return moderation.Checked(
-                of_system.verdict, of_system.policy, of_system.event, checked.event
-            )
-        return moderation.Checked(checked.verdict, checked.policy, checked.event, of_system.event)
-    return checked
+        texts.append(front_door.Screened(system, SYSTEM_PROMPT_TASK))
+    return texts
 
 
-def _blocked(
-    conversation: Conversation, message: Message, created: bool, checked: moderation.Checked
-) -> InputBlocked:
-    """Show the blocked message as the end of the branch (to its author only). A system
-    prompt sent with it is not kept (it may be what was blocked): the next message brings
-    it again, and it is checked again."""
-    conversation.current_leaf = message
-    conversation.save(update_fields=["current_leaf", "updated_at"])
-    return InputBlocked(conversation, message, created, checked.verdict.category or "")
+def _reply_or_blocked(
+    user: User,
+    conversation: Conversation,
+    user_message: Message,
+    created: bool,
+    model_id: int | None,
+    params: SamplingParams,
+    screened: list[front_door.Screened],
+    history: list[Message] | None = None,
+) -> Message | MessageBlocked:
+    """The queued reply; or, when the policy blocks the input, the blocked message shown as
+    the end of the branch (to its author only). A system prompt sent with it is not kept
+    (it may be what was blocked): the next message brings it again, and it is checked
+    again. Inside the caller's transaction, so the blocked message is kept for review."""
+    try:
+        return _start_reply(user, conversation, user_message, model_id, params, screened, history)
+    except InputBlocked as blocked:  # raised before anything of the reply was stored
+        user_message.blocked_by = blocked.checked.events[0] if blocked.checked.events else None
+        user_message.save(update_fields=["blocked_by"])
+        conversation.current_leaf = user_message
+        fields = ["current_leaf", "updated_at"]
+        if created:
+            conversation.title, conversation.system_prompt = BLOCKED_TITLE, ""
+            fields += ["title", "system_prompt"]
+        conversation.save(update_fields=fields)
+        return MessageBlocked(blocked, conversation, user_message, created)
 
 
-def blocked_on_worker(message_id: int) -> None:
-    """A moderation model on the worker blocked this user message after it was queued: a
-    conversation it began is no longer titled with its text."""
-    Conversation.objects.filter(
-        messages__pk=message_id, messages__parent__isnull=True, title_source=TitleSource.AUTO
-    ).update(title=BLOCKED_TITLE)
+def on_generation_finished(generation_id: int, status: str, finish_reason: str, **_: Any) -> None:
+    """Receiver of `generation_finished`: a moderation model on the worker blocked a reply's
+    input after it was queued. The user message is marked blocked by that verdict (later
+    prompts leave it out), and a conversation it began is no longer titled with its text."""
+    if status != Status.BLOCKED or finish_reason != INPUT_BLOCKED:
+        return
+    asked = Message.objects.filter(children__generation_id=generation_id, role=Role.USER).first()
+    generation = Generation.objects.filter(pk=generation_id).first()
+    if asked is None or generation is None:
+        return
+    event = generation.moderation_events.filter(direction="input", action="block").first()
+    Message.objects.filter(pk=asked.pk, blocked_by__isnull=True).update(blocked_by=event)
+    if asked.parent_id is None:
+        Conversation.objects.filter(pk=asked.conversation_id, title_source=TitleSource.AUTO).update(
+            title=BLOCKED_TITLE
+        )
 
 
 def post_message(
@@ -268,57 +267,49 @@ def post_message(
 ) -> Posted:
     """Store the user's message after the visible branch and queue the assistant's reply.
 
-    The message is checked against the content policy first: a blocked one is stored (for
-    review) but starts no reply, and InputBlocked is raised once it is committed."""
-    check_can_generate(user)
-    model = usable_model(user, Task.CHAT, model_id)
+    The message is checked against the content policy by the front door: a blocked one is
+    stored (for review) but starts no reply, and MessageBlocked is raised once it is
+    committed. Any other refusal stores nothing."""
     with transaction.atomic():
         created = conversation_id is None
-        found = None if conversation_id is None else _locked_conversation(user, conversation_id)
-        checked = _check_input(user, content, system, found.system_prompt if found else "")
-        if found is None:
-            title = BLOCKED_TITLE if checked.blocked else _title_from(content)
+        if conversation_id is None:
             conversation = Conversation.objects.create(
-                user=user,
-                title=title,
-                model=model,
-                system_prompt="" if checked.blocked else system or "",
+                user=user, title=_title_from(content), system_prompt=system or ""
             )
+            history: list[Message] = []
+            current_system = ""
         else:
-            conversation = found
-            if system is not None and not checked.blocked:
+            conversation = _locked_conversation(user, conversation_id)
+            history = visible_path(conversation)
+            current_system = conversation.system_prompt
+            if system is not None:
                 conversation.system_prompt = system
-        history = [] if created else visible_path(conversation)
         user_message = Message.objects.create(
             conversation=conversation,
             parent=history[-1] if history else None,
             role=Role.USER,
             content=content,
         )
-        moderation.link(checked, message_id=user_message.pk)
-        if checked.blocked:
-            blocked = _blocked(conversation, user_message, created, checked)
-        else:
-            reply = _start_reply(user, conversation, user_message, model, params, history)
-            moderation.link(checked, generation_id=reply.generation_id)
-    if checked.blocked:
-        raise blocked
-    return Posted(conversation, user_message, reply, created)
+        screened = _screened(content, system, current_system, history)
+        outcome = _reply_or_blocked(
+            user, conversation, user_message, created, model_id, params, screened, history
+        )
+    if isinstance(outcome, MessageBlocked):
+        raise outcome
+    return Posted(conversation, user_message, outcome, created)
 
 
 def regenerate(
     user: User, *, message_id: int, model_id: int | None, params: SamplingParams
 ) -> Posted:
     """A new reply beside an assistant message (a sibling), from the same history."""
-    check_can_generate(user)
-    model = usable_model(user, Task.CHAT, model_id)
     with transaction.atomic():
         message = message_for(user, message_id)
         if message.role != Role.ASSISTANT or message.parent_id is None:
             raise BadRequest("Only a reply to a message can be regenerated.")
         conversation = _locked_conversation(user, message.conversation_id)
         user_message = Message.objects.get(pk=message.parent_id)
-        reply = _start_reply(user, conversation, user_message, model, params)
+        reply = _start_reply(user, conversation, user_message, model_id, params, screened=[])
     return Posted(conversation, user_message, reply, False)
 
 
@@ -333,26 +324,24 @@ def edit(
 ) -> Posted:
     """A new version of a user message (a sibling of it: a new branch) and a reply to it.
     The original message and everything after it stay, one branch away. The new version
-    is checked like a new message (InputBlocked when the policy blocks it)."""
-    check_can_generate(user)
-    model = usable_model(user, Task.CHAT, model_id)
+    is checked like a new message (MessageBlocked when the policy blocks it)."""
     with transaction.atomic():
         message = message_for(user, message_id)
         if message.role != Role.USER:
             raise BadRequest("Only your own messages can be edited.")
         conversation = _locked_conversation(user, message.conversation_id)
-        checked = _check_input(user, content, system, conversation.system_prompt)
-        if system is not None and not checked.blocked:
+        current_system = conversation.system_prompt
+        if system is not None:
             conversation.system_prompt = system
         edited = Message.objects.create(
             conversation=conversation, parent=message.parent, role=Role.USER, content=content
         )
-        moderation.link(checked, message_id=edited.pk)
-        if checked.blocked:
-            blocked = _blocked(conversation, edited, False, checked)
-        else:
-            reply = _start_reply(user, conversation, edited, model, params)
-            moderation.link(checked, generation_id=reply.generation_id)
-    if checked.blocked:
-        raise blocked
-    return Posted(conversation, edited, reply, False)
+        messages = {m.pk: m for m in conversation.messages.select_related("generation")}
+        history = _path_to(messages, edited)[:-1]
+        screened = _screened(content, system, current_system, history)
+        outcome = _reply_or_blocked(
+            user, conversation, edited, False, model_id, params, screened, history
+        )
+    if isinstance(outcome, MessageBlocked):
+        raise outcome
+    return Posted(conversation, edited, outcome, False)

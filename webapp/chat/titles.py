@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 
-from django.db import transaction
-
-from generation.specs import Backend, SamplingParams
+from generation.specs import Backend, SamplingParams, Task
 from webapp.chat.models import Conversation, Message, Role, TitleSource
-from webapp.inference import services as inference
+from webapp.inference import front_door
 from webapp.inference.models import Generation, Priority, Status
+from webapp.inference.refusals import Refused
 
 TITLE_TASK = "chat_title"
 MAX_TITLE_CHARS = 60
@@ -41,9 +40,10 @@ def request_title(reply: Generation) -> Generation | None:
     if conversation.messages.filter(role=Role.ASSISTANT).count() != 1:
         return None  # regenerated or edited: the title request was made already
     prompt = PROMPT.format(user=found.parent.content[:1000], assistant=reply.output[:1000])
-    with transaction.atomic():
-        return inference.create_generation(
-            user=conversation.user,
+    try:
+        # Not screened again: the exchange was checked on its way in and out.
+        return front_door.submit(
+            conversation.user,
             model=reply.model,
             task=TITLE_TASK,
             input={
@@ -53,7 +53,10 @@ def request_title(reply: Generation) -> Generation | None:
             },
             params=SamplingParams(temperature=0, max_new_tokens=16).to_dict(),
             priority=Priority.BACKGROUND,
+            model_task=Task.CHAT,
         )
+    except Refused:  # suspended meanwhile, or the model is no longer theirs: no title
+        return None
 
 
 def clean_title(text: str) -> str:

@@ -11,10 +11,18 @@ from generation.specs import Task
 from webapp.accounts.models import User
 from webapp.catalog.services import usable_models
 from webapp.chat import history, services
-from webapp.chat.rendering import render_markdown
+from webapp.inference.rendering import render_markdown
+from webapp.moderation import services as moderation
 from webapp.studio import services as studio
 
 RECENT_RESULTS = 8  # one-shot results listed in the chat sidebar
+
+
+def blocked_category(message: services.Message) -> str:
+    """What the content policy blocked a user message for ("" when it was not blocked)."""
+    if message.blocked_by_id is None:
+        return ""
+    return (message.blocked_by.category if message.blocked_by else "") or "content"
 
 
 def _page(request: HttpRequest, conversation: services.Conversation | None) -> HttpResponse:
@@ -28,6 +36,8 @@ def _page(request: HttpRequest, conversation: services.Conversation | None) -> H
             "html": render_markdown(m.text) if m.role == "assistant" else "",
             "generation": m.generation,
             "branch": branches.get(m.pk),
+            "blocked": blocked_category(m),
+            "notice": moderation.input_notice(blocked_category(m)) if m.blocked_by_id else "",
         }
         for m in messages
     ]

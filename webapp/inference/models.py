@@ -16,6 +16,8 @@ class Status(models.TextChoices):
 
 
 FINISHED = (Status.DONE, Status.STOPPED, Status.FAILED, Status.BLOCKED)
+# The finish reason of a generation whose input a moderation model on the worker blocked.
+INPUT_BLOCKED = "input_blocked"
 
 
 class Priority(models.IntegerChoices):

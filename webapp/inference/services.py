@@ -1,5 +1,6 @@
-"""Every write to a Generation: create and enqueue, claim fairly, first token, finish,
-stop, requeue after a dead worker; and what a waiting client is told about the queue."""
+"""Every write to a Generation after the front door (`front_door.submit`) has queued it:
+claim fairly, first token, finish, stop, requeue after a dead worker; and what a waiting
+client is told about the queue."""
 
 from __future__ import annotations
 
@@ -15,30 +16,12 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from webapp.accounts.models import User
-from webapp.accounts.services import generation_limit
 from webapp.catalog.models import ModelEntry
 from webapp.inference import dispatch, liveness, streams
 from webapp.inference.models import Generation, Priority, Status
 from webapp.inference.signals import generation_finished
 
 log = logging.getLogger(__name__)
-
-
-class LimitReached(Exception):
-    """The user already has as many replies in progress as they may."""
-
-
-def check_concurrency(user: User) -> None:
-    """Refuse a new interactive generation when the user is at their limit."""
-    limit = generation_limit(user)
-    busy = Generation.objects.filter(
-        user=user, status__in=[Status.QUEUED, Status.RUNNING], priority=Priority.INTERACTIVE
-    ).count()
-    if busy >= limit:
-        raise LimitReached(
-            f"You already have {busy} repl{'y' if busy == 1 else 'ies'} in progress, "
-            f"your limit; wait for one to finish or stop it."
-        )
 
 
 def create_generation(
@@ -51,7 +34,8 @@ def create_generation(
     priority: Priority = Priority.INTERACTIVE,
 ) -> Generation:
     """Store a queued Generation and wake a worker of its model's queue once the
-    transaction commits."""
+    transaction commits. No check is made here: requests come through
+    `front_door.submit`, which makes them first."""
     generation = Generation.objects.create(
         user=user,
         model=model,
@@ -158,16 +142,19 @@ def finish(
         )
     )
     if recorded:
-        _announce_finished(generation_id, status)
+        _announce_finished(generation_id, status, finish_reason)
     return recorded
 
 
-def _announce_finished(generation_id: int, status: str) -> None:
-    """Tell listeners (e.g. batch jobs) once the outcome is committed."""
+def _announce_finished(generation_id: int, status: str, finish_reason: str) -> None:
+    """Tell listeners (batch jobs, chat) once the outcome is committed."""
 
     def send() -> None:
         replies = generation_finished.send_robust(
-            sender=Generation, generation_id=generation_id, status=str(status)
+            sender=Generation,
+            generation_id=generation_id,
+            status=str(status),
+            finish_reason=finish_reason,
         )
         for receiver, reply in replies:
             if isinstance(reply, Exception):
@@ -185,7 +172,7 @@ def stop(generation_id: int) -> None:
         status=Status.STOPPED, finish_reason="stopped", finished_at=timezone.now()
     )
     if stopped_in_queue:
-        _announce_finished(generation_id, Status.STOPPED)
+        _announce_finished(generation_id, Status.STOPPED, "stopped")
         writer = streams.StreamWriter(generation_id)
         writer.resume()
         writer.done(Status.STOPPED, finish_reason="stopped")

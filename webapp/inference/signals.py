@@ -6,5 +6,5 @@ from django.dispatch import Signal
 
 # Sent once a Generation's outcome is recorded (done, stopped, failed or blocked), after the
 # transaction commits, in whichever process recorded it (a worker, or the web process for a
-# queued generation that was stopped). Arguments: generation_id, status.
+# queued generation that was stopped). Arguments: generation_id, status, finish_reason.
 generation_finished = Signal()

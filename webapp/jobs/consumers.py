@@ -19,13 +19,12 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
 
 from webapp.accounts.models import User
+from webapp.inference.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from webapp.jobs import engine, services
 from webapp.jobs.models import JobItem, JobStatus
 
 log = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_NOT_FOUND = 4404
 POLL_SECONDS = 1.0
 RECONCILE_EVERY = 3  # polls
 MAX_ITEMS_PER_EVENT = 500

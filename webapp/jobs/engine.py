@@ -25,10 +25,12 @@ from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from webapp.catalog.models import ModelEntry
+from webapp.inference import front_door
 from webapp.inference import services as inference
 from webapp.inference.models import FINISHED, Generation, Priority, Status
+from webapp.inference.refusals import InputBlocked, ModelUnavailable, NotAllowed
 from webapp.jobs.models import ItemStatus, Job, JobItem, JobStatus, JobTask
-from webapp.moderation import services as moderation
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +78,8 @@ def _top_up_locked(job: Job) -> int:
 def _dispatch_locked(job: Job) -> int:
     entry = job.model
     pending = job.items.filter(status=ItemStatus.PENDING)
-    if entry is None or not entry.enabled:
-        # The model went away mid-job: the remaining items fail with the reason (retry
-        # is possible once an admin enables it again).
-        pending.update(
-            status=ItemStatus.FAILED,
-            error=f"The model {job.model_name!r} is no longer available.",
-            finished_at=timezone.now(),
-            updated_at=timezone.now(),
-        )
-        refresh_counts(job.pk)
-        _finish_if_empty(job)
-        return 0
-    if moderation.active_suspension(job.user) is not None:
-        # A suspended account generates nothing: the job waits, paused (resuming is
-        # refused until an admin lifts the suspension).
-        Job.objects.filter(pk=job.pk).update(status=JobStatus.PAUSED)
-        job.status = JobStatus.PAUSED
+    if entry is None:  # deleted mid-job
+        _model_gone(job)
         return 0
     in_flight = job.items.filter(status=ItemStatus.RUNNING).count()
     free = settings.ATELIER_JOB_MAX_IN_FLIGHT - in_flight
@@ -102,16 +89,20 @@ def _dispatch_locked(job: Job) -> int:
         if not batch:
             break
         for item in batch:
-            if _blocked_input(job, item):
+            try:
+                generation = _submit(job, entry, item)
+            except InputBlocked as blocked:
+                _fail_item(job, item, blocked.message)
                 continue
-            generation = inference.create_generation(
-                user=job.user,
-                model=entry,
-                task=job.task,
-                input=item_input(job, item),
-                params={},
-                priority=Priority.BACKGROUND,
-            )
+            except NotAllowed:
+                # An account that may not generate (suspended, say) generates nothing: the
+                # job waits, paused (resuming is refused until it may again).
+                Job.objects.filter(pk=job.pk).update(status=JobStatus.PAUSED)
+                job.status = JobStatus.PAUSED
+                return started
+            except ModelUnavailable:  # disabled mid-job, or no longer the owner's to use
+                _model_gone(job)
+                return started
             JobItem.objects.filter(pk=item.pk, status=ItemStatus.PENDING).update(
                 status=ItemStatus.RUNNING,
                 generation=generation,
@@ -129,23 +120,42 @@ def _dispatch_locked(job: Job) -> int:
     return started
 
 
-def _blocked_input(job: Job, item: JobItem) -> bool:
-    """Check the document under the owner's content policy, as chat messages are (the
-    verdict is recorded for review); a blocked one fails with the reason, unsent. A retry
-    checks it again: a reviewer may have allowed it meanwhile."""
-    checked = moderation.check_input(job.user, item.text, task=job.task)
-    if not checked.blocked:
-        return False
+def _submit(job: Job, entry: ModelEntry, item: JobItem) -> Generation:
+    """The item's generation, through the front door like any request: background priority,
+    the document checked under the owner's content policy (recorded for review like a chat
+    message). A retry checks it again: a reviewer may have allowed it meanwhile."""
+    return front_door.submit(
+        job.user,
+        model=entry,
+        task=job.task,
+        input=item_input(job, item),
+        screened=[front_door.Screened(item.text, job.task)],
+        priority=Priority.BACKGROUND,
+    )
+
+
+def _model_gone(job: Job) -> None:
+    """The model went away mid-job: the remaining items fail with the reason (retry is
+    possible once an admin enables it again)."""
     now = timezone.now()
-    category = checked.verdict.category or "content"
-    JobItem.objects.filter(pk=item.pk, status=ItemStatus.PENDING).update(
+    job.items.filter(status=ItemStatus.PENDING).update(
         status=ItemStatus.FAILED,
-        error=f"Blocked by the content policy ({category}); it was not sent to the model.",
+        error=f"The model {job.model_name!r} is no longer available.",
         finished_at=now,
         updated_at=now,
     )
-    Job.objects.filter(pk=job.pk).update(failed_count=F("failed_count") + 1)
-    return True
+    refresh_counts(job.pk)
+    _finish_if_empty(job)
+
+
+def _fail_item(job: Job, item: JobItem, error: str) -> None:
+    """The item fails with the reason, unsent."""
+    now = timezone.now()
+    failed = JobItem.objects.filter(pk=item.pk, status=ItemStatus.PENDING).update(
+        status=ItemStatus.FAILED, error=error, finished_at=now, updated_at=now
+    )
+    if failed:
+        Job.objects.filter(pk=job.pk).update(failed_count=F("failed_count") + 1)
 
 
 def _finish_if_empty(job: Job) -> None:
@@ -291,9 +301,10 @@ def pause(job: Job) -> None:
 
 
 def resume(job: Job) -> None:
-    suspension = moderation.active_suspension(job.user)
-    if suspension is not None:
-        raise JobStateError(moderation.suspension_message(suspension))
+    try:
+        front_door.check_can_generate(job.user, Priority.BACKGROUND)
+    except NotAllowed as exc:
+        raise JobStateError(exc.message) from None
     started = Job.objects.filter(pk=job.pk, started_at__isnull=False)
     resumed = started.filter(status=JobStatus.PAUSED).update(status=JobStatus.RUNNING)
     resumed += Job.objects.filter(

@@ -10,18 +10,15 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from generation.specs import SummaryLength
 from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
+from webapp.inference import front_door
+from webapp.inference.models import Priority
 from webapp.jobs import engine, inputs
 from webapp.jobs.models import ItemStatus, Job, JobItem, JobTask, Upload
-from webapp.moderation import services as moderation
 
 UPLOAD_RETENTION = timedelta(days=1)
-LENGTHS = ("short", "medium", "long")
-
-
-class NotAllowed(Exception):
-    """This user may not start jobs (e.g. an account pending approval)."""
 
 
 def limits() -> inputs.Limits:
@@ -56,18 +53,11 @@ def options_for(
         if not target:
             raise ValueError("Choose the language to translate into.")
         return {"target": target, "source": source}
-    if length not in LENGTHS:
-        raise ValueError(f"Unknown summary length {length!r}; choose one of {', '.join(LENGTHS)}.")
+    if length not in set(SummaryLength):
+        raise ValueError(
+            f"Unknown summary length {length!r}; choose one of {', '.join(SummaryLength)}."
+        )
     return {"length": length}
-
-
-def check_can_start(user: User) -> None:
-    """Refuse accounts pending approval, disabled or suspended."""
-    if not user.can_generate:
-        raise NotAllowed(user.why_cannot_generate)
-    suspension = moderation.active_suspension(user)
-    if suspension is not None:
-        raise NotAllowed(moderation.suspension_message(suspension))
 
 
 def create_job(
@@ -80,8 +70,8 @@ def create_job(
     parsed: inputs.Parsed,
 ) -> Job:
     """Store the job and its items (unreadable inputs as invalid items, with their error)
-    and dispatch the first ones."""
-    check_can_start(user)
+    and dispatch the first ones. Refused (refusals) when the owner may not generate."""
+    front_door.check_can_generate(user, Priority.BACKGROUND)  # background: no limit
     if model.task != task:
         raise ValueError(f"{model.name} is a {model.task} model, not a {task} model.")
     now = timezone.now()

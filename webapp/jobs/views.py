@@ -13,6 +13,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp.accounts.models import User
 from webapp.catalog.services import usable_models
+from webapp.inference import front_door
+from webapp.inference.models import Priority
+from webapp.inference.refusals import Refused
 from webapp.jobs import engine, inputs, results, services
 from webapp.jobs.forms import TARGET_LANGUAGES, ConfigureForm, UploadForm
 from webapp.jobs.models import ItemStatus, Job, JobTask
@@ -45,11 +48,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
             upload = form.cleaned_data["file"]
             task = form.cleaned_data["task"]
             try:
-                services.check_can_start(user)
+                front_door.check_can_generate(user, Priority.BACKGROUND)
                 # One byte past the limit is enough for inspect() to refuse it by size.
                 data = upload.read(services.limits().max_upload_bytes + 1)
                 inputs.inspect(upload.name, data, services.limits())
-            except (inputs.InputError, services.NotAllowed) as exc:
+            except (inputs.InputError, Refused) as exc:
                 form.add_error("file", str(exc))
             else:
                 kept = services.keep_upload(user, upload.name, task, data)
@@ -107,8 +110,8 @@ def configure(request: HttpRequest, upload_id: int) -> HttpResponse:
                 source_name=upload.name,
                 parsed=parsed,
             )
-        except services.NotAllowed as exc:
-            problem = str(exc)
+        except Refused as exc:
+            problem = exc.message
         else:
             upload.delete()
             return redirect("jobs:job", job_id=job.pk)

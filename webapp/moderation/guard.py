@@ -117,12 +117,7 @@ class OutputGuard:
         if self._recorded:
             return None
         self._recorded = True
-        from webapp.chat.models import Message  # the chat reply this generation is, if any
-
-        message_id = (
-            Message.objects.filter(generation_id=generation_id).values_list("pk", flat=True).first()
-        )
-        event = services.record_verdict(
+        return services.record_verdict(
             self.user,
             self.verdict(),
             direction=Direction.OUTPUT,
@@ -130,6 +125,4 @@ class OutputGuard:
             text=self.checker.text,
             policy=self.policy_name,
             generation_id=generation_id,
-            message_id=message_id,
         )
-        return event

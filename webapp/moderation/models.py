@@ -266,15 +266,11 @@ class ModerationEvent(models.Model):
     direction = models.CharField(max_length=6, choices=Direction.choices)
     task = models.CharField(max_length=20)
     text = models.TextField(help_text="The text checked (an output: all of it, withheld too).")
+    context = models.TextField(
+        blank=True, help_text="What an input answers (the reply before a chat message)."
+    )
     generation = models.ForeignKey(
         "inference.Generation",
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="moderation_events",
-    )
-    message = models.ForeignKey(
-        "chat.Message",
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
@@ -301,7 +297,7 @@ class ModerationEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["message", "direction", "action"])]
+        indexes = [models.Index(fields=["generation", "direction", "action"])]
 
     def __str__(self) -> str:
         return f"{self.direction} {self.action} {self.category} #{self.pk}"

@@ -31,7 +31,6 @@ from webapp.moderation.models import (
     ReviewStatus,
     Strike,
     Suspension,
-    VerdictAction,
 )
 
 SYSTEM = "system"
@@ -43,16 +42,17 @@ class ModerationError(Exception):
 
 @dataclass(frozen=True)
 class Checked:
-    """A verdict and where it was recorded (`event` is None for an allowed text)."""
+    """A verdict and where it was recorded: `events` holds the flagged and blocked
+    checks (none for an allowed text)."""
 
     verdict: Verdict
     policy: str
-    event: ModerationEvent | None
-    other_event: ModerationEvent | None = None  # of a second text checked with it
+    events: tuple[ModerationEvent, ...] = ()
 
     @property
-    def events(self) -> list[ModerationEvent]:
-        return [e for e in (self.event, self.other_event) if e is not None]
+    def event(self) -> ModerationEvent | None:
+        """The event of the (first) text checked; None when it was allowed."""
+        return self.events[0] if self.events else None
 
     @property
     def blocked(self) -> bool:
@@ -61,6 +61,10 @@ class Checked:
     @property
     def flagged(self) -> bool:
         return self.verdict.flagged
+
+    @property
+    def category(self) -> str:
+        return self.verdict.category or ""
 
 
 # --- Checking ---------------------------------------------------------------------------
@@ -71,11 +75,12 @@ def check_input(
     text: str,
     *,
     task: str,
+    context: str = "",
     generation_id: int | None = None,
-    message_id: int | None = None,
 ) -> Checked:
     """Check a text a user sends to a model under the user's policy; record the verdict
-    (an event when flagged or blocked) and audit it. The caller refuses a blocked text."""
+    (an event when flagged or blocked, with `context`: what the text answers, for the
+    reviewer) and audit it. The caller refuses a blocked text."""
     in_force = config.current()
     named = config.policy_for(user, in_force)
     verdict = in_force.safety.check(text, named.policy)
@@ -85,11 +90,11 @@ def check_input(
         direction=Direction.INPUT,
         task=task,
         text=text,
+        context=context,
         policy=named.name,
         generation_id=generation_id,
-        message_id=message_id,
     )
-    return Checked(verdict, named.name, event)
+    return Checked(verdict, named.name, () if event is None else (event,))
 
 
 def record_verdict(
@@ -100,8 +105,8 @@ def record_verdict(
     task: str,
     text: str,
     policy: str,
+    context: str = "",
     generation_id: int | None = None,
-    message_id: int | None = None,
 ) -> ModerationEvent | None:
     """Audit a verdict; store flagged and blocked ones as events for the review queue."""
     event = None
@@ -111,8 +116,8 @@ def record_verdict(
             direction=direction,
             task=task,
             text=text,
+            context=context,
             generation_id=generation_id,
-            message_id=message_id,
             action=str(verdict.action),
             category=verdict.category or "",
             score=verdict.score,
@@ -122,8 +127,6 @@ def record_verdict(
         )
     if event is not None:
         target_type, target_id = "moderationevent", str(event.pk)
-    elif message_id is not None:
-        target_type, target_id = "message", str(message_id)
     elif generation_id is not None:
         target_type, target_id = "generation", str(generation_id)
     else:
@@ -140,53 +143,35 @@ def record_verdict(
             "verdict": verdict.to_dict(),
             "policy": policy,
             "generation": generation_id,
-            "message": message_id,
             "task": task,
         },
     )
     return event
 
 
-def link(
-    checked: Checked,
-    *,
-    generation_id: int | None = None,
-    message_id: int | None = None,
-) -> None:
-    """Attach the ids learnt after the check (the message stored, the generation queued)."""
-    for event in checked.events:
-        _link(event, generation_id=generation_id, message_id=message_id)
+def link(checked: Checked, *, generation_id: int) -> None:
+    """Attach the generation queued after the check to its events."""
+    ids = [event.pk for event in checked.events]
+    if ids:
+        ModerationEvent.objects.filter(pk__in=ids).update(generation_id=generation_id)
+        for event in checked.events:
+            event.generation_id = generation_id
 
 
-def _link(event: ModerationEvent, *, generation_id: int | None, message_id: int | None) -> None:
-    fields = {}
-    if generation_id is not None:
-        fields["generation_id"] = generation_id
-    if message_id is not None:
-        fields["message_id"] = message_id
-    if fields:
-        ModerationEvent.objects.filter(pk=event.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(event, name, value)
-
-
-def blocked_inputs(message_ids: Iterable[int]) -> dict[int, str]:
-    """Of these messages, the ones blocked on input, with the category that blocked them."""
-    rows = ModerationEvent.objects.filter(
-        message_id__in=list(message_ids),
-        direction=Direction.INPUT,
-        action=VerdictAction.BLOCK,
-    ).values_list("message_id", "category")
-    return {message_id: category for message_id, category in rows if message_id is not None}
+def input_notice(category: str) -> str:
+    """What the user is told of a text the content policy kept from the model: in the chat,
+    on the studio pages, on a batch job's item and in place of a reply whose input a
+    moderation model blocked on the worker."""
+    return (
+        f"Blocked by the content policy ({category or 'content'}): it was not sent to the "
+        "model and is kept for review by an administrator."
+    )
 
 
 def notice_for(verdict: Verdict, *, direction: str) -> str:
     category = verdict.category or "content"
     if direction == Direction.INPUT:
-        return (
-            f"This message was blocked by the content policy ({category}) and was not sent "
-            "to the model. It is kept for review by an administrator."
-        )
+        return input_notice(category)
     return (
         f"This reply was withheld because it broke the content policy ({category}). "
         "It is kept for review by an administrator."
@@ -273,9 +258,7 @@ def standing(user: User) -> Standing:
 def review_queue(
     *, status: str = "", category: str = "", direction: str = "", action: str = ""
 ) -> QuerySet[ModerationEvent]:
-    events = ModerationEvent.objects.select_related(
-        "user", "reviewed_by", "message__conversation", "generation"
-    )
+    events = ModerationEvent.objects.select_related("user", "reviewed_by", "generation")
     if status:
         events = events.filter(review_status=status)
     if category:

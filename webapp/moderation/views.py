@@ -34,11 +34,10 @@ def _choice(request: HttpRequest, name: str, allowed: set[str], default: str = "
 
 
 def _context_of(event: ModerationEvent) -> str:
-    """What the text answered or was answered by: the message before an input, the
-    prompt of an output."""
-    if event.direction == Direction.INPUT and event.message is not None:
-        parent = event.message.parent
-        return parent.text if parent is not None else ""
+    """What the text answered or was answered by: the context recorded with an input (the
+    reply before a chat message), the prompt of an output."""
+    if event.direction == Direction.INPUT:
+        return event.context
     if event.generation is not None:
         turns = (
             event.generation.input.get("messages")
@@ -72,7 +71,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         category=category,
         direction=direction,
         action=action,
-    ).select_related("message__parent")
+    )
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     users = {event.user_id: event.user for event in page.object_list}
     standing = {pk: services.standing(user) for pk, user in users.items()}

@@ -15,13 +15,14 @@ from django.shortcuts import redirect, render
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 
-from generation.specs import Task
+from generation.specs import SummaryLength, Task
 from generation.translate import language_name
 from generation.vision import sniff_format
 from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_models
 from webapp.inference import uploads
+from webapp.inference.refusals import InputBlocked, Refused
 from webapp.studio import documents, languages, services
 from webapp.studio.models import Kind, Result
 
@@ -57,7 +58,7 @@ def _page(
 
 
 def _refused(exc: Exception) -> dict[str, Any]:
-    return {"error": str(exc), "blocked": isinstance(exc, services.InputBlocked)}
+    return {"error": str(exc), "blocked": isinstance(exc, InputBlocked)}
 
 
 @login_required
@@ -91,7 +92,7 @@ def summarize(request: HttpRequest) -> HttpResponse:
                 model_id=_model_id(request.POST.get("model")),
                 file_name=file_name,
             )
-        except (documents.DocumentError, services.Refused) as exc:
+        except (documents.DocumentError, Refused) as exc:
             problem = _refused(exc)
         else:
             return redirect("studio:result", result.generation_id)
@@ -102,7 +103,7 @@ def summarize(request: HttpRequest) -> HttpResponse:
             "page": "summarize",
             "models": models,
             "values": values,
-            "lengths": services.LENGTHS,
+            "lengths": list(SummaryLength),
             "max_chars": services.max_text_chars(),
             "max_upload": settings.ATELIER_STUDIO_MAX_UPLOAD_BYTES,
             **problem,
@@ -132,7 +133,7 @@ def translate(request: HttpRequest) -> HttpResponse:
                 target=values["target"],
                 model_id=values["model"],
             )
-        except services.Refused as exc:
+        except Refused as exc:
             problem = _refused(exc)
         else:
             return redirect("studio:result", result.generation_id)
@@ -163,7 +164,7 @@ def classify(request: HttpRequest) -> HttpResponse:
         upload = request.FILES.get("image")
         try:
             if upload is None:
-                raise services.Refused("Choose an image, or drop one on the box.")
+                raise Refused("Choose an image, or drop one on the box.")
             limit = settings.ATELIER_MAX_IMAGE_BYTES
             result = services.classify(
                 user,
@@ -171,7 +172,7 @@ def classify(request: HttpRequest) -> HttpResponse:
                 file_name=upload.name or "image",
                 model_id=values["model"],
             )
-        except services.Refused as exc:
+        except Refused as exc:
             problem = _refused(exc)
         else:
             return redirect("studio:result", result.generation_id)

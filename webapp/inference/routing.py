@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webapp.studio.consumers import GenerationConsumer
+from webapp.inference.consumers import GenerationConsumer
 
 websocket_urlpatterns = [
     path("ws/generations/<int:generation_id>/", GenerationConsumer.as_asgi()),

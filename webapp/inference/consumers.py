@@ -1,41 +1,40 @@
 """The WebSocket of one generation: `/ws/generations/<id>/?after=N` relays its events
 after sequence N (all of them by default), then live ones, ending with `done`.
 
-It is the chat consumer's relay (database first for a finished generation whose stream
-has expired, a watcher for the queue position, the done event with the stored text),
-opened on one generation of the user's own instead of by `subscribe` frames. The client
-may send `{"type": "stop"}`; anything else is answered with an error.
+The relay is `inference.relay`, as on the chat socket (database first for a finished
+generation whose stream has expired, the watcher for the queue position, the done event
+with the stored text); this socket is opened on one generation of the user's own instead
+of by `subscribe` frames. The client may send `{"type": "stop"}`; anything else is
+answered with an error. The studio's result pages use it.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from webapp.chat.consumers import CLOSE_UNAUTHENTICATED, ChatConsumer
 from webapp.inference import services as inference
-from webapp.inference import streams
+from webapp.inference.relay import Relay
 
-log = logging.getLogger(__name__)
-
+# Close codes of Atelier's sockets (chat, one generation, job progress).
+CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_BAD_REQUEST = 4400
 
 
-class GenerationConsumer(ChatConsumer):
+class GenerationConsumer(AsyncJsonWebsocketConsumer):
     generation_id: int
+    relay: Relay
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user = user
-        self.relays = {}
         await self.accept()
         after = _after(self.scope.get("query_string", b""))
         if after is None:
@@ -51,8 +50,12 @@ class GenerationConsumer(ChatConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.generation_id = generation.pk
-        self.redis = streams.async_redis()
-        self.start_relay(generation.pk, after=after, unfinished=not generation.is_finished)
+        self.relay = Relay(self.send_json)
+        self.relay.start(generation.pk, after=after, unfinished=not generation.is_finished)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "relay"):
+            await self.relay.close()
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
@@ -68,6 +71,9 @@ class GenerationConsumer(ChatConsumer):
         await self.send_error(
             "unknown_type", 'This socket only relays; the one message it takes is {"type": "stop"}.'
         )
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message})
 
 
 def _after(query_string: bytes) -> int | None:
