@@ -25,7 +25,7 @@ from webapp.chat.protocol import (
     parse_frame,
 )
 from webapp.inference import services as inference
-from webapp.inference.consumers import CLOSE_UNAUTHENTICATED
+from webapp.inference.consumers import signed_in_user
 from webapp.inference.refusals import Refused
 from webapp.inference.relay import Relay
 
@@ -83,9 +83,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     relay: Relay
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        user = await signed_in_user(self)
+        if user is None:
             return
         self.user = user
         self.relay = Relay(self.send_json)

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from webapp.accounts.models import User
 from webapp.inference import services as inference
 from webapp.inference.relay import Relay
 
@@ -26,14 +27,22 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_BAD_REQUEST = 4400
 
 
+async def signed_in_user(consumer: AsyncJsonWebsocketConsumer) -> User | None:
+    """The socket's user; a visitor's socket is closed with 4401 (and None returned)."""
+    user = consumer.scope.get("user")
+    if user is None or not user.is_authenticated:
+        await consumer.close(code=CLOSE_UNAUTHENTICATED)
+        return None
+    return user
+
+
 class GenerationConsumer(AsyncJsonWebsocketConsumer):
     generation_id: int
     relay: Relay
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        user = await signed_in_user(self)
+        if user is None:
             return
         await self.accept()
         after = _after(self.scope.get("query_string", b""))

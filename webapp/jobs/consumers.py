@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.utils import timezone
 
 from webapp.accounts.models import User
-from webapp.inference.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from webapp.inference.consumers import CLOSE_NOT_FOUND, signed_in_user
 from webapp.jobs import engine, services
 from webapp.jobs.models import JobItem, JobStatus
 
@@ -33,9 +33,8 @@ ENDED = (JobStatus.DONE, JobStatus.CANCELLED)
 
 class JobProgressConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        user = await signed_in_user(self)
+        if user is None:
             return
         job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
         job = await database_sync_to_async(services.job_for)(user, job_id)
