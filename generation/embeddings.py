@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from generation.loading import LoadedModel, load_text_encoder, looks_like_path
-from generation.specs import GenerationError
+from generation.loading import LoadedModel, load_text_encoder
+from generation.specs import GenerationError, looks_like_path
 
 __all__ = ["cosine_similarity", "embed", "load_embedder", "max_sequence_length"]
 

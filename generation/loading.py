@@ -13,7 +13,15 @@ from typing import Any
 import torch
 
 from generation.quantization import apply_int8_dynamic, bnb_config
-from generation.specs import Backend, Device, ModelLoadError, ModelSpec, Quantization, Task
+from generation.specs import (
+    Backend,
+    Device,
+    ModelLoadError,
+    ModelSpec,
+    Quantization,
+    Task,
+    looks_like_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +63,6 @@ def resolve_device(spec: ModelSpec) -> torch.device:
     if spec.device is Device.CPU:
         return torch.device("cpu")
     return torch.device("cuda" if cuda_available() else "cpu")
-
-
-def looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
 def _check_combination(spec: ModelSpec, device: torch.device) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 
@@ -105,3 +106,8 @@ class SamplingParams:
         values = asdict(self)
         values["stop"] = list(self.stop)
         return values
+
+
+def looks_like_path(source: str) -> bool:
+    """A model source that names a local folder (rather than a hub id)."""
+    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()

@@ -8,66 +8,30 @@ detected offline with lingua when the user does not name it.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
+from generation.languages import (
+    LANGUAGES,
+    M2M_CODES,
+    LanguageSupport,
+    TranslatorFacts,
+    UnsupportedLanguageError,
+    language_name,
+    support_from,
+)
 from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
 from generation.specs import GenerationError, SamplingParams
 from generation.streaming import StreamStats, TokenStream
 from generation.summarize import chunk_text
 
-# code: (English name, NLLB/FLORES-200 code). The languages Atelier detects and offers;
-# M2M100 uses the ISO codes themselves (Norwegian Bokmål as "no").
-LANGUAGES: dict[str, tuple[str, str]] = {
-    "ar": ("Arabic", "arb_Arab"),
-    "bg": ("Bulgarian", "bul_Cyrl"),
-    "ca": ("Catalan", "cat_Latn"),
-    "cs": ("Czech", "ces_Latn"),
-    "da": ("Danish", "dan_Latn"),
-    "de": ("German", "deu_Latn"),
-    "el": ("Greek", "ell_Grek"),
-    "en": ("English", "eng_Latn"),
-    "es": ("Spanish", "spa_Latn"),
-    "fa": ("Persian", "pes_Arab"),
-    "fi": ("Finnish", "fin_Latn"),
-    "fr": ("French", "fra_Latn"),
-    "he": ("Hebrew", "heb_Hebr"),
-    "hi": ("Hindi", "hin_Deva"),
-    "hu": ("Hungarian", "hun_Latn"),
-    "id": ("Indonesian", "ind_Latn"),
-    "it": ("Italian", "ita_Latn"),
-    "ja": ("Japanese", "jpn_Jpan"),
-    "ko": ("Korean", "kor_Hang"),
-    "nb": ("Norwegian Bokmål", "nob_Latn"),
-    "nl": ("Dutch", "nld_Latn"),
-    "pl": ("Polish", "pol_Latn"),
-    "pt": ("Portuguese", "por_Latn"),
-    "ro": ("Romanian", "ron_Latn"),
-    "ru": ("Russian", "rus_Cyrl"),
-    "sv": ("Swedish", "swe_Latn"),
-    "tr": ("Turkish", "tur_Latn"),
-    "uk": ("Ukrainian", "ukr_Cyrl"),
-    "vi": ("Vietnamese", "vie_Latn"),
-    "zh": ("Chinese", "zho_Hans"),
-}
-_M2M_CODES = {"nb": "no"}
 _NAME_TO_CODE = {name.lower(): code for code, (name, _) in LANGUAGES.items()}
 _LINGUA_NAMES = {"nb": "BOKMAL"}  # lingua's enum names are English names in capitals
 MIN_DETECTION_CONFIDENCE = 0.3  # below this, lingua is guessing: ask the user instead
-
-
-class UnsupportedLanguageError(GenerationError):
-    """The model cannot translate between the requested languages; the message names
-    what it does support."""
-
-
-def language_name(code: str) -> str:
-    return LANGUAGES[code][0] if code in LANGUAGES else code
 
 
 def normalize_language(value: str) -> str:
@@ -122,107 +86,33 @@ def detect_language(text: str, among: Iterable[str] | None = None) -> str | None
 
 # -- what a model supports ------------------------------------------------------------------
 
-_MARIAN_NAME = re.compile(r"opus-mt-(?:tc-big-)?([a-z]{2,3})-([a-z]{2,3})(?![a-z])", re.IGNORECASE)
-_T5_TASK = re.compile(r"^translation_([a-z]{2})_to_([a-z]{2})$")
 
-
-@dataclass(frozen=True)
-class LanguageSupport:
-    """What a model translates. `pairs` is set for models with fixed directions (Marian,
-    T5); otherwise any source to any target, different languages, is allowed. `sources`
-    is None for a multi-source model whose sources cannot be listed (e.g. opus-mt-mul-en).
-    """
-
-    family: str  # "marian", "m2m100", "nllb", "t5" or "chat"
-    sources: tuple[str, ...] | None
-    targets: tuple[str, ...]
-    pairs: tuple[tuple[str, str], ...] | None = None
-
-    def allows(self, source: str, target: str) -> bool:
-        if self.pairs is not None:
-            return (source, target) in self.pairs
-        source_ok = self.sources is None or source in self.sources
-        return source_ok and target in self.targets and source != target
-
-    def describe(self) -> str:
-        if self.pairs is not None:
-            return ", ".join(f"{s}→{t}" for s, t in self.pairs)
-        sources = "any language" if self.sources is None else ", ".join(self.sources)
-        return f"from {sources} into {', '.join(self.targets)}"
-
-
-def _model_names(loaded: LoadedModel) -> list[str]:
+def facts_from_loaded(loaded: LoadedModel) -> TranslatorFacts:
+    """What the loaded config and tokenizer say about the model's languages."""
     config = loaded.model.config
-    return [loaded.spec.source, loaded.spec.name, str(getattr(config, "_name_or_path", ""))]
-
-
-def _marian_support(loaded: LoadedModel) -> LanguageSupport:
     tokenizer = loaded.tokenizer
-    source = getattr(tokenizer, "source_lang", None)
-    target = getattr(tokenizer, "target_lang", None)
-    if not (source and target):
-        for name in _model_names(loaded):
-            if match := _MARIAN_NAME.search(name):
-                source, target = match.group(1).lower(), match.group(2).lower()
-                break
-    if not (source and target):
-        raise UnsupportedLanguageError(
-            f"model {loaded.spec.name!r}: cannot tell which languages this Marian model "
-            "translates (no source_lang/target_lang in its tokenizer, no opus-mt-xx-yy name)"
-        )
-    codes = [c[2:-2] for c in getattr(tokenizer, "supported_language_codes", []) or []]
-    targets = tuple(sorted({c for c in codes if c in LANGUAGES})) if codes else (target,)
-    if source in LANGUAGES:
-        return LanguageSupport("marian", (source,), targets, tuple((source, t) for t in targets))
-    return LanguageSupport("marian", None, targets)  # a group source such as "mul"
-
-
-def _m2m_support(loaded: LoadedModel) -> LanguageSupport:
-    tokenizer = loaded.tokenizer
-    lang_ids = getattr(tokenizer, "lang_code_to_id", None)
-    if isinstance(lang_ids, dict) and lang_ids:  # M2M100: ISO codes
-        known = tuple(c for c in LANGUAGES if _M2M_CODES.get(c, c) in lang_ids)
-        return LanguageSupport("m2m100", known, known)
     special = set(getattr(tokenizer, "all_special_tokens", []) or [])
     special |= set(getattr(tokenizer, "extra_special_tokens", []) or [])
-    nllb = tuple(c for c, (_, flores) in LANGUAGES.items() if flores in special)
-    if nllb:
-        return LanguageSupport("nllb", nllb, nllb)
-    raise UnsupportedLanguageError(
-        f"model {loaded.spec.name!r}: its tokenizer names no language codes"
-    )
-
-
-def _t5_support(loaded: LoadedModel) -> LanguageSupport | None:
-    params = getattr(loaded.model.config, "task_specific_params", None) or {}
-    pairs = tuple((m.group(1), m.group(2)) for key in params if (m := _T5_TASK.match(key)))
-    if not pairs:
-        return None
-    return LanguageSupport(
-        "t5",
-        tuple(sorted({s for s, _ in pairs})),
-        tuple(sorted({t for _, t in pairs})),
-        pairs,
+    lang_ids = getattr(tokenizer, "lang_code_to_id", None)
+    marian_codes = getattr(tokenizer, "supported_language_codes", []) or []
+    return TranslatorFacts(
+        model_type=str(getattr(config, "model_type", "")),
+        is_encoder_decoder=loaded.is_encoder_decoder,
+        names=(loaded.spec.source, loaded.spec.name, str(getattr(config, "_name_or_path", ""))),
+        task_prefixes=tuple(getattr(config, "task_specific_params", None) or {}),
+        marian_pair=(
+            getattr(tokenizer, "source_lang", None),
+            getattr(tokenizer, "target_lang", None),
+        ),
+        marian_targets=tuple(code[2:-2] for code in marian_codes),
+        m2m_codes=tuple(lang_ids) if isinstance(lang_ids, dict) else (),
+        special_tokens=frozenset(s for s in special if isinstance(s, str)),
     )
 
 
 def supported_languages(loaded: LoadedModel) -> LanguageSupport:
     """The languages a loaded model translates between (for the UI and for checks)."""
-    if not loaded.is_encoder_decoder:
-        codes = tuple(LANGUAGES)
-        return LanguageSupport("chat", codes, codes)
-    model_type = getattr(loaded.model.config, "model_type", "")
-    if model_type == "marian":
-        return _marian_support(loaded)
-    if model_type in ("m2m_100", "nllb-moe"):
-        return _m2m_support(loaded)
-    support = _t5_support(loaded)
-    if support is None:
-        raise UnsupportedLanguageError(
-            f"model {loaded.spec.name!r} ({model_type}) is not a translation model Atelier "
-            "knows: use Marian, M2M100, NLLB, T5 or a chat model"
-        )
-    return support
+    return support_from(facts_from_loaded(loaded), loaded.spec.name)
 
 
 def check_pair(loaded: LoadedModel, source: str, target: str) -> LanguageSupport:
@@ -334,8 +224,8 @@ class TranslationStream:
             prefix = params[f"translation_{self.source}_to_{self.target}"].get("prefix", "")
             return list(tokenizer(prefix + text)["input_ids"]), {}
         if family == "m2m100":
-            source = _M2M_CODES.get(self.source, self.source)
-            target = _M2M_CODES.get(self.target, self.target)
+            source = M2M_CODES.get(self.source, self.source)
+            target = M2M_CODES.get(self.target, self.target)
             with _encode_lock:
                 tokenizer.src_lang = source
                 ids = list(tokenizer(text)["input_ids"])

@@ -17,22 +17,11 @@ from typing import Any
 
 import torch
 
+from generation.images import FORMAT_NAMES, sniff_format
 from generation.loading import LoadedModel
 from generation.specs import GenerationError
 
 log = logging.getLogger(__name__)
-
-# Pillow's names for the formats we accept, and the magic bytes that announce each one.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"BM", 0, "BMP"),
-    (b"WEBP", 8, "WEBP"),  # after "RIFF" and the chunk size
-)
-_FORMAT_NAMES = "JPEG, PNG, WebP, GIF or BMP"
 
 
 class ImageError(GenerationError):
@@ -45,16 +34,6 @@ class ImageLimits:
     # Below Pillow's own bomb threshold (Image.MAX_IMAGE_PIXELS, ~89 M): ours is checked
     # first, so Pillow's warning never fires for an image we accept.
     max_pixels: int = 40_000_000
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The allowed format the bytes start like, or None."""
-    for magic, offset, name in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            if name == "WEBP" and data[:4] != b"RIFF":
-                continue
-            return name
-    return None
 
 
 def decode_image(data: bytes, limits: ImageLimits | None = None) -> Any:
@@ -71,7 +50,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Any:
         )
     kind = sniff_format(data)
     if kind is None:
-        raise ImageError(f"the file is not an image in a supported format ({_FORMAT_NAMES})")
+        raise ImageError(f"the file is not an image in a supported format ({FORMAT_NAMES})")
     try:
         # Only the sniffed format's decoder may read it: no other plugin gets a chance.
         image: Any = Image.open(io.BytesIO(data), formats=[kind])

@@ -12,8 +12,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from webapp.chat.routing import websocket_urlpatterns as chat_websockets  # noqa: E402
-from webapp.jobs.routing import websocket_urlpatterns as job_websockets  # noqa: E402
 from webapp.inference.routing import websocket_urlpatterns as generation_websockets  # noqa: E402
+from webapp.jobs.routing import websocket_urlpatterns as job_websockets  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

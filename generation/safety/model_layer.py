@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from generation.loading import LoadedModel, looks_like_path
+from generation.loading import LoadedModel
 from generation.safety.classifier import ClassifierScore, TextClassifier
-from generation.specs import GenerationError
+from generation.specs import GenerationError, looks_like_path
 
 # Labels of harmless text, left out of the categories.
 _BENIGN = re.compile(

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 import generation.loading as loading
-from generation.loading import LoadedModel, load_causal_lm, looks_like_path
-from generation.specs import Backend, Device, ModelLoadError, ModelSpec, Quantization
+from generation.loading import LoadedModel, load_causal_lm
+from generation.specs import (
+    Backend,
+    Device,
+    ModelLoadError,
+    ModelSpec,
+    Quantization,
+    looks_like_path,
+)
 
 
 def test_load_gives_an_eval_model_on_cpu_with_a_pad_token(tiny_folders: dict[str, Path]) -> None:

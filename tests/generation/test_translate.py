@@ -9,14 +9,12 @@ from typing import Any
 import pytest
 import torch
 
+from generation.languages import LANGUAGES, UnsupportedLanguageError, language_name
 from generation.loading import LoadedModel, load_seq2seq_lm
 from generation.specs import GenerationError, ModelSpec, SamplingParams, Task
 from generation.translate import (
-    LANGUAGES,
     TranslationStream,
-    UnsupportedLanguageError,
     detect_language,
-    language_name,
     normalize_language,
     supported_languages,
 )

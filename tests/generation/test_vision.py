@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from generation.images import sniff_format
 from generation.loading import LoadedModel, load_image_classifier, load_model
 from generation.specs import ModelLoadError, ModelSpec, Quantization, Task
 from generation.vision import (
@@ -19,7 +20,6 @@ from generation.vision import (
     LabelScore,
     classify_image,
     decode_image,
-    sniff_format,
     to_rgb,
 )
 from tests.tiny.models import IMAGE_LABELS, build_tiny_resnet, build_tiny_vit

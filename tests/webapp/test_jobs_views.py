@@ -230,7 +230,7 @@ def test_nobody_sees_another_users_job(alice: Any, bob: Any, summarizer: ModelEn
 
 
 def test_target_languages_are_ones_the_library_knows() -> None:
-    from generation.translate import LANGUAGES
+    from generation.languages import LANGUAGES
 
     assert set(TARGET_LANGUAGES) <= set(LANGUAGES)
     assert all(TARGET_LANGUAGES[code] == LANGUAGES[code][0] for code in TARGET_LANGUAGES)

@@ -9,8 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models, transaction
 
-from generation.loading import looks_like_path
-from generation.specs import Backend, Device, ModelSpec, Quantization, Task
+from generation.specs import Backend, Device, ModelSpec, Quantization, Task, looks_like_path
 
 
 def _choices(

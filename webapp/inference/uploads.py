@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from generation.vision import sniff_format
+from generation.images import sniff_format
 
 
 class UploadError(ValueError):

@@ -1,23 +1,23 @@
 """What each translation model offers, for the translate page, read from the model's
-config and tokenizer only (the web process never loads weights), cached per catalog entry.
+config and tokenizer files only (the web process loads no weights, no torch and no
+transformers), cached per catalog entry.
 
-A model whose languages cannot be told this way (a hub id that is not cached, an RNN, an
-unknown family) gets None: the page offers every language and the worker's own check
-answers an unsupported pair with a clear error naming what the model supports.
+A model whose languages cannot be told this way (a hub id that is not in the local cache,
+an RNN, an unknown family) gets None: the page offers every language and the worker's own
+check answers an unsupported pair with a clear error naming what the model supports.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
-import torch
+from huggingface_hub import snapshot_download
 
-from generation.loading import LoadedModel
-from generation.specs import Backend
-from generation.translate import LANGUAGES, LanguageSupport, supported_languages
+from generation.languages import LANGUAGES, LanguageSupport, facts_from_folder, support_from
+from generation.specs import Backend, looks_like_path
 from webapp.catalog.models import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -45,26 +45,25 @@ def support_for(entry: ModelEntry) -> LanguageSupport | None:
     return support
 
 
+def model_folder(source: str) -> Path | None:
+    """The folder of a local model, or of a hub model already in the local cache."""
+    if looks_like_path(source):
+        return Path(source).expanduser()
+    try:
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # not cached here (and never fetched from the web process)
+        return None
+
+
 def _read_support(entry: ModelEntry) -> LanguageSupport | None:
     if entry.backend != Backend.TRANSFORMERS:
         return None
-    from transformers import AutoConfig, AutoTokenizer
-
     try:
-        config = AutoConfig.from_pretrained(entry.source)
-        tokenizer: Any = None
-        if getattr(config, "is_encoder_decoder", False):
-            tokenizer = AutoTokenizer.from_pretrained(entry.source)
-        # supported_languages reads the config, the tokenizer and the spec, never weights.
-        loaded = LoadedModel(
-            spec=entry.spec(),
-            model=SimpleNamespace(config=config),
-            tokenizer=tokenizer,
-            device=torch.device("cpu"),
-            load_seconds=0.0,
-        )
-        return supported_languages(loaded)
-    except Exception as exc:  # offline hub id, damaged folder, unknown family
+        folder = model_folder(entry.source)
+        if folder is None:
+            raise FileNotFoundError(f"{entry.source} is not in the local model cache")
+        return support_from(facts_from_folder(folder, (entry.source, entry.name)), entry.name)
+    except Exception as exc:  # damaged folder, unknown family
         log.info("languages of model %r not known without loading it: %s", entry.name, exc)
         return None
 

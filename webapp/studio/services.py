@@ -12,8 +12,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 
+from generation.languages import LANGUAGES, language_name
 from generation.specs import SummaryLength, Task
-from generation.translate import LANGUAGES, language_name
 from webapp.accounts.models import User
 from webapp.inference import front_door, uploads
 from webapp.inference import services as inference

@@ -15,9 +15,9 @@ from django.shortcuts import redirect, render
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 
+from generation.images import sniff_format
+from generation.languages import language_name
 from generation.specs import SummaryLength, Task
-from generation.translate import language_name
-from generation.vision import sniff_format
 from webapp.accounts.models import User
 from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_models
