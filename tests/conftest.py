@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workers.settings")
 RUN_ID = uuid.uuid4().hex[:8]
 
 from django.conf import settings  # noqa: E402

@@ -83,7 +83,10 @@ def web_server(env: dict[str, str], log_path: Path, port: int | None = None) -> 
     with open(log_path, "ab") as log:
         command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
         command.append("webapp.asgi:application")
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        web_env = {**env, "DJANGO_SETTINGS_MODULE": "webapp.settings"}  # as the run command's
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=web_env, stdout=log, stderr=subprocess.STDOUT
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_for(lambda: _answers(url + "/healthz"), process, log_path, "web server")

@@ -18,6 +18,8 @@ from pathlib import Path
 from webapp.private_redis import PrivateRedis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+WEB_SETTINGS = "webapp.settings"  # Daphne: never imports the workers
+WORKER_SETTINGS = "workers.settings"  # manage.py commands and the Celery worker
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -29,7 +31,6 @@ def main() -> int:
     # may inherit an ignored SIGINT, and SIGTERM should stop everything too.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     var_dir = Path(os.environ.get("ATELIER_VAR_DIR", BASE_DIR / "var"))
     var_dir.mkdir(parents=True, exist_ok=True)
@@ -54,10 +55,11 @@ def main() -> int:
             ["ensure_admin"],
         )
         for step in steps:
-            subprocess.run(manage + step, check=True, cwd=BASE_DIR)
+            subprocess.run(manage + step, check=True, cwd=BASE_DIR, env=_env(WORKER_SETTINGS))
 
         import django
 
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", WEB_SETTINGS)
         django.setup()
         from webapp.catalog.models import ModelEntry
 
@@ -69,6 +71,7 @@ def main() -> int:
         children["web"] = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", host, "-p", port, "webapp.asgi:application"],
             cwd=BASE_DIR,
+            env=_env(WEB_SETTINGS),
         )
         children["worker"] = subprocess.Popen(
             [
@@ -88,6 +91,7 @@ def main() -> int:
                 "atelier-worker@%h",
             ],
             cwd=BASE_DIR,
+            env=_env(WORKER_SETTINGS),
         )
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
         print(
@@ -111,6 +115,12 @@ def main() -> int:
                 child.kill()
         if private:
             private.stop()
+
+
+def _env(settings_module: str) -> dict[str, str]:
+    """The environment of a child process, with its settings: the web's, or the worker
+    side's (the web's plus the worker commands)."""
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": settings_module}
 
 
 def _wait(children: dict[str, subprocess.Popen[bytes]]) -> int:

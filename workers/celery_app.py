@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import django
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workers.settings")
 django.setup()
 
 from celery import Celery  # noqa: E402

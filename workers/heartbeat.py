@@ -15,7 +15,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from webapp.inference import liveness, services
 
@@ -49,14 +49,19 @@ class Heartbeat:
 
     def _loop(self) -> None:
         interval = settings.ATELIER_WORKER_HEARTBEAT_SECONDS
-        while not self._stop.is_set():
-            try:
-                liveness.beat(self.name, self.queues, current_generation)
-                close_old_connections()
-                self.look_after_queues()
-            except Exception as exc:  # Redis or the database away: try again next beat
-                log.warning("heartbeat: %s: %s", type(exc).__name__, exc)
-            self._stop.wait(interval)
+        try:
+            while not self._stop.is_set():
+                try:
+                    liveness.beat(self.name, self.queues, current_generation)
+                    close_old_connections()
+                    self.look_after_queues()
+                except Exception as exc:  # Redis or the database away: try again next beat
+                    log.warning("heartbeat: %s: %s", type(exc).__name__, exc)
+                self._stop.wait(interval)
+        finally:
+            # The thread's own connection: a command that beats for a while (batch_summarize)
+            # goes on after it, and a test database must not be left in use.
+            connections.close_all()
 
     def look_after_queues(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -10,12 +10,15 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from generation.specs import Task
+from generation.specs import SummaryLength, Task
 from webapp.accounts.models import Role, User
 from webapp.catalog.models import ModelEntry
-from webapp.catalog.services import ModelNotAvailable, usable_model
+from webapp.catalog.services import usable_model
+from webapp.inference.refusals import ModelUnavailable, Refused
 from webapp.jobs import engine, inputs, results, services
 from webapp.jobs.models import Job, JobStatus
+from workers.heartbeat import Heartbeat
+from workers.runner import run_next
 
 WAIT_SECONDS = 0.5  # between looks at the job when workers run it
 
@@ -55,7 +58,7 @@ class Command(BaseCommand):
             help="a .txt/.md file is one document (default: one per line)",
         )
         parser.add_argument(
-            "--length", choices=services.LENGTHS, default="short", help="summary length preset"
+            "--length", choices=list(SummaryLength), default="short", help="summary length preset"
         )
         parser.add_argument(
             "--model",
@@ -102,7 +105,7 @@ class Command(BaseCommand):
                 source_name=source.name,
                 parsed=parsed,
             )
-        except services.NotAllowed as exc:
+        except Refused as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"job #{job.pk}")
         try:
@@ -141,19 +144,17 @@ class Command(BaseCommand):
             model_id = entry.pk
         try:
             return usable_model(user, Task.SUMMARIZE, model_id)
-        except ModelNotAvailable as exc:
+        except ModelUnavailable as exc:
             raise CommandError(str(exc)) from None
 
     def _run(self, job: Job, *, use_workers: bool) -> None:
         heartbeat = None
         run_one: Callable[[], int | None] = lambda: None  # noqa: E731
         if not use_workers:
-            from workers.runner import run_next  # loads torch: only when running here
-
             assert job.model is not None
             queue = job.model.queue
             run_one = lambda: run_next(queue)  # noqa: E731
-            heartbeat = _heartbeat([queue])
+            heartbeat = Heartbeat([queue])
             heartbeat.start()  # so that live workers do not take our runs for orphans
         bar = tqdm(total=job.total, unit="doc", disable=None, file=self.stderr)
         try:
@@ -174,20 +175,3 @@ class Command(BaseCommand):
             bar.close()
             if heartbeat is not None:
                 heartbeat.stop()
-
-
-def _heartbeat(queues: list[str]) -> Any:
-    """The worker heartbeat, closing its thread's database connection when it stops (a
-    worker process exits then; this command goes on, e.g. inside tests)."""
-    from django.db import connections
-
-    from workers.heartbeat import Heartbeat
-
-    class CommandHeartbeat(Heartbeat):
-        def _loop(self) -> None:
-            try:
-                super()._loop()
-            finally:
-                connections.close_all()
-
-    return CommandHeartbeat(queues)
