@@ -169,18 +169,22 @@ def facts_from_folder(folder: Path, names: tuple[str, ...] = ()) -> TranslatorFa
     model_type = str(config.get("model_type", ""))
     special = set(_strings(tokenizer.get("extra_special_tokens")))
     special |= set(_strings(tokenizer.get("additional_special_tokens")))
-    for added in (tokenizer.get("added_tokens_decoder") or {}).values():
-        special |= set(_strings([added.get("content") if isinstance(added, dict) else None]))
+    special |= set(_strings((tokenizer.get("added_tokens_decoder") or {}).values()))
     fast = _json(folder / "tokenizer.json", missing_ok=True)
-    for added in fast.get("added_tokens") or []:
-        special |= set(_strings([added.get("content") if isinstance(added, dict) else None]))
+    special |= set(_strings(fast.get("added_tokens")))
+    # Older saves keep the special tokens apart (hub folders of NLLB and M2M100 do).
+    special_map = _json(folder / "special_tokens_map.json", missing_ok=True)
+    special |= set(_strings(special_map.get("additional_special_tokens")))
+    special |= set(_json(folder / "added_tokens.json", missing_ok=True))
     m2m_codes: tuple[str, ...] = ()
     marian_targets: tuple[str, ...] = ()
     if model_type == "marian":
         vocab = _json(folder / "vocab.json", missing_ok=True)
         marian_targets = tuple(m.group(1) for k in vocab if (m := _MARIAN_CODE.match(k)))
-    elif "language_codes" in tokenizer:  # an M2M100 tokenizer
-        m2m_codes = M2M_LANGUAGE_SETS.get(str(tokenizer["language_codes"]), ())
+    elif "language_codes" in tokenizer or _is_m2m_tokenizer(tokenizer):
+        # M2M100Tokenizer's set defaults to "m2m100" when its config does not name one.
+        language_set = str(tokenizer.get("language_codes") or "m2m100")
+        m2m_codes = M2M_LANGUAGE_SETS.get(language_set, ())
     return TranslatorFacts(
         model_type=model_type,
         is_encoder_decoder=bool(config.get("is_encoder_decoder", False)),
@@ -202,5 +206,14 @@ def _json(path: Path, missing_ok: bool = False) -> dict[str, Any]:
     return data
 
 
+def _is_m2m_tokenizer(tokenizer: dict[str, Any]) -> bool:
+    return str(tokenizer.get("tokenizer_class", "")).startswith("M2M100Tokenizer")
+
+
 def _strings(values: Any) -> list[str]:
-    return [v for v in values or () if isinstance(v, str)]
+    """The token strings of a list of tokens (or of a name -> token map), each a string
+    or an {"content": ...} object."""
+    if isinstance(values, dict):
+        values = values.values()
+    tokens = [v.get("content") if isinstance(v, dict) else v for v in values or ()]
+    return [t for t in tokens if isinstance(t, str)]

@@ -3,12 +3,20 @@ transformers) agrees with what the worker tells from the loaded model."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from generation.languages import LANGUAGES, LanguageSupport, facts_from_folder, support_from
+from generation.languages import (
+    LANGUAGES,
+    LanguageSupport,
+    UnsupportedLanguageError,
+    facts_from_folder,
+    support_from,
+)
 from generation.loading import load_model
 from generation.specs import ModelSpec, Task
 from generation.translate import supported_languages
@@ -47,3 +55,29 @@ def test_m2m100_offers_every_language_atelier_knows(tmp_path: Path) -> None:
     folder = build_tiny_m2m100(tmp_path / "m")
     support = support_from(facts_from_folder(folder), "m")
     assert support.sources == tuple(LANGUAGES) and support.allows("nb", "de")
+
+
+def _edit_json(path: Path, edit: Callable[[dict[str, Any]], Any]) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_an_m2m100_tokenizer_config_without_its_language_set_means_m2m100(tmp_path: Path) -> None:
+    folder = build_tiny_m2m100(tmp_path / "m")
+    _edit_json(folder / "tokenizer_config.json", lambda config: config.pop("language_codes"))
+    support = support_from(facts_from_folder(folder), "m")
+    assert support.family == "m2m100" and support.sources == tuple(LANGUAGES)
+
+
+def test_nllb_codes_kept_in_special_tokens_map_are_found(tmp_path: Path) -> None:
+    folder = build_tiny_nllb(tmp_path / "n")
+    tokens = json.loads((folder / "tokenizer_config.json").read_text())["extra_special_tokens"]
+    _edit_json(folder / "tokenizer_config.json", lambda config: config.pop("extra_special_tokens"))
+    _edit_json(folder / "tokenizer.json", lambda fast: fast.update(added_tokens=[]))
+    with pytest.raises(UnsupportedLanguageError, match="names no language codes"):
+        support_from(facts_from_folder(folder), "n")
+    map_file = folder / "special_tokens_map.json"
+    map_file.write_text(json.dumps({"additional_special_tokens": [{"content": t} for t in tokens]}))
+    support = support_from(facts_from_folder(folder), "n")
+    assert support.family == "nllb" and support.targets == tuple(LANGUAGES)

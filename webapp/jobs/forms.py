@@ -10,7 +10,7 @@ from webapp.catalog.models import ModelEntry
 from webapp.jobs.inputs import Format, Inspection, TextMode
 from webapp.jobs.models import JobTask
 
-# The target languages offered (ISO 639-1). generation.translate.LANGUAGES is the full
+# The target languages offered (ISO 639-1). generation.languages.LANGUAGES is the full
 # list, but importing it loads torch, which the web process never does; a test checks
 # that these are all in it. A model that cannot translate into one fails the items with
 # the library's clear error.
