@@ -66,11 +66,15 @@ def run(posted: chat.Posted) -> Generation:
 
 
 def test_a_moderation_model_blocks_an_input_the_web_check_let_through(
-    alice: Any, chat_model: ModelEntry, tiny_toxicity_dir: Path
+    alice: Any,
+    chat_model: ModelEntry,
+    tiny_toxicity_dir: Path,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     policy_with(moderation_entry("tiny-toxic", tiny_toxicity_dir))
     posted = send(alice, "you are a grumbleflax")  # no rule knows the word: it is queued
-    generation = run(posted)
+    with django_capture_on_commit_callbacks(execute=True):  # generation_finished: chat hears
+        generation = run(posted)
     assert generation.status == Status.BLOCKED and generation.finish_reason == INPUT_BLOCKED
     assert generation.completion_tokens == 0  # the chat model never ran
     assert "(insult)" in generation.output and "not sent to the model" in generation.output
