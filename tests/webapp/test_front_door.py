@@ -22,7 +22,7 @@ from webapp.inference.refusals import (
     Suspended,
 )
 from webapp.moderation import services as moderation
-from webapp.moderation.models import ModerationEvent, Policy
+from webapp.moderation.models import ModerationEvent, Policy, Rule
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +146,15 @@ def test_a_task_run_by_another_tasks_model_names_that_catalog_task(
         submit(alice, task="chat_title", model=chat_model)
     titled = submit(alice, task="chat_title", model=chat_model, model_task="chat")
     assert titled.task == "chat_title" and titled.model == chat_model
+
+
+def test_the_deciding_verdicts_event_comes_first(alice: Any, chat_model: ModelEntry) -> None:
+    Policy.objects.create(name="flag spam", flag_categories="spam")
+    Rule.objects.create(rule_id="glitter", category="spam", kind="regex", patterns=r"glitter\w*")
+    spam = "bring the glitterbomb tomorrow"  # flagged: it alone would proceed
+    screened = [front_door.Screened(spam, "chat"), front_door.Screened(THREAT, "chat:system")]
+    with pytest.raises(InputBlocked) as caught:
+        submit(alice, spam, screened=screened)
+    flagged, blocked = ModerationEvent.objects.order_by("pk")
+    assert (flagged.action, blocked.action) == ("flag", "block")
+    assert caught.value.checked.events == (blocked, flagged)  # checked.event decided

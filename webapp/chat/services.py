@@ -227,7 +227,7 @@ def _reply_or_blocked(
     try:
         return _start_reply(user, conversation, user_message, model_id, params, screened, history)
     except InputBlocked as blocked:  # raised before anything of the reply was stored
-        user_message.blocked_by = blocked.checked.events[0] if blocked.checked.events else None
+        user_message.blocked_by = blocked.checked.event  # the verdict that decided
         user_message.save(update_fields=["blocked_by"])
         conversation.current_leaf = user_message
         fields = ["current_leaf", "updated_at"]

@@ -80,7 +80,8 @@ def screen(user: User, texts: Sequence[Screened]) -> moderation.Checked:
     if not checks:
         return moderation.Checked(Verdict.from_findings(()), "", ())  # nothing to check
     worst = max(checks, key=lambda c: c.verdict.action.severity)  # the first of equals
-    events = tuple(event for check in checks for event in check.events)
+    # The deciding check's event first: `checked.event` is the verdict that decided.
+    events = worst.events + tuple(e for c in checks if c is not worst for e in c.events)
     checked = moderation.Checked(worst.verdict, worst.policy, events)
     if checked.blocked:
         raise InputBlocked(
