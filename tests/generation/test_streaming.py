@@ -14,7 +14,7 @@ from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
 from generation.specs import SamplingParams
 from generation.streaming import TokenStream, _held_back
-from tests.tiny.causal import _CORPUS
+from tests.tiny.causal import CORPUS
 
 LoadTiny = Callable[..., LoadedModel]
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24)
@@ -219,8 +219,8 @@ def pick_stop(text: str) -> str | None:
 
 
 def candidate_prompts() -> Iterator[str]:
-    yield from _CORPUS
-    words = " ".join(_CORPUS).split()
+    yield from CORPUS
+    words = " ".join(CORPUS).split()
     rnd = random.Random(0)
     for _ in range(60):
         yield " ".join(rnd.sample(words, 6))
