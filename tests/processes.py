@@ -63,7 +63,10 @@ def celery_worker(
         command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
         command += ["--pool", "solo", "--loglevel", "INFO", "-Q", ",".join(queues), "-n", name]
         command += ["--without-mingle", "--without-gossip"]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker_env = {**env, "DJANGO_SETTINGS_MODULE": "workers.settings"}  # as the run command's
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             _wait_for(
                 lambda: b" ready." in log_path.read_bytes()[start:],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import django
 
@@ -15,13 +15,11 @@ from celery.signals import worker_init, worker_ready, worker_shutdown  # noqa: E
 from django.conf import settings  # noqa: E402
 
 from webapp.celery_config import celery_config  # noqa: E402
+from workers.heartbeat import Heartbeat  # noqa: E402
 
 app = Celery("atelier")
 app.conf.update(celery_config(settings.REDIS_URL))
 app.conf.update(include=["workers.tasks"])
-
-if TYPE_CHECKING:
-    from workers.heartbeat import Heartbeat
 
 _heartbeat: Heartbeat | None = None
 
@@ -39,8 +37,6 @@ def _lower_priority(**kwargs: Any) -> None:
 @worker_ready.connect
 def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
     """The worker is consuming: start saying so (see workers/heartbeat.py)."""
-    from workers.heartbeat import Heartbeat
-
     queues = sender.app.amqp.queues
     names = sorted(queues.consume_from or queues)
     global _heartbeat

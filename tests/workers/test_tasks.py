@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from django.conf import settings
 
 from generation.rnn.loading import save_rnn_folder
@@ -27,7 +28,7 @@ from tests.tiny.models import (
 from webapp.catalog.models import ModelEntry
 from webapp.inference import services, streams, uploads
 from webapp.inference.models import Generation, Status
-from workers import model_cache
+from workers import handlers, heartbeat, model_cache, runner
 from workers.runner import run_next
 
 pytestmark = pytest.mark.django_db
@@ -222,3 +223,46 @@ def test_bad_task_input_fails_the_generation_with_a_clear_message(
     assert generation.error == "length must be one of short, medium, long, not 'epic'"
     empty = run(alice, model, "summarize", {"text": "   "})
     assert empty.status == Status.FAILED and empty.error == "there is no text to summarize"
+
+
+def test_out_of_memory_fails_the_request_and_empties_the_model_cache(
+    alice: Any, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = entry("tiny-bert-oom", "embed", folders["bert"])
+    before = model_cache.get_model(model)
+
+    def exhausted(*args: Any) -> handlers.Outcome:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setitem(handlers.HANDLERS, "embed", exhausted)
+    generation = run(alice, model, "embed", {"texts": ["a cat"]})
+    assert generation.status == Status.FAILED and generation.finish_reason == "error"
+    assert generation.error.startswith("model 'tiny-bert-oom' ran out of memory on this request")
+    assert streamed(generation)[1]["error"] == generation.error
+    assert model_cache.get_model(model).model is not before.model  # the cache was emptied
+    monkeypatch.undo()
+    assert run(alice, model, "embed", {"texts": ["a cat"]}).status == Status.DONE  # serving on
+
+
+def test_the_steps_run_one_by_one_and_a_requeued_run_records_nothing(
+    alice: Any, folders: dict[str, Path]
+) -> None:
+    """The steps as an engine calls them, each on its own. A run whose worker was taken for
+    dead while it generated (its generation requeued) stores no outcome and ends no stream:
+    the generation's next run owns both."""
+    model = entry("tiny-bert-steps", "embed", folders["bert"])
+    generation = services.create_generation(
+        user=alice, model=model, task="embed", input={"texts": ["a cat"]}, params={}
+    )
+    claimed = runner.claim(DIRECT_QUEUE)
+    assert claimed is not None and claimed.generation_id == generation.pk
+    assert runner.start(claimed) and runner.model_available(claimed) and runner.screen(claimed)
+    loaded = runner.load(claimed)
+    assert loaded is not None
+    outcome = runner.generate(claimed, loaded)
+    assert outcome is not None and outcome.result is not None
+    assert services.recover_orphan(generation.pk, heartbeat.WORKER_NAME) == "requeued"
+    runner.record(claimed, outcome)
+    generation.refresh_from_db()
+    assert generation.status == Status.QUEUED and generation.result is None
+    assert [e["type"] for e in streams.read_all(generation.pk)] == ["status", "status"]
