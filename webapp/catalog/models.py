@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
 
 from generation.specs import Backend, Device, ModelSpec, Quantization, Task, looks_like_path
@@ -16,6 +16,11 @@ def _choices(
     enum: type[Task] | type[Backend] | type[Quantization] | type[Device],
 ) -> list[tuple[str, str]]:
     return [(member.value, member.value) for member in enum]
+
+
+# A worker's batch sizes: the default per device when an entry sets none, and the most.
+DEFAULT_MAX_BATCH = {Device.CPU: 16, Device.CUDA: 32}
+MAX_BATCH_LIMIT = 256
 
 
 class ModelEntry(models.Model):
@@ -48,6 +53,16 @@ class ModelEntry(models.Model):
     )
     last_error_at = models.DateTimeField(null=True, blank=True)
     last_loaded_at = models.DateTimeField(null=True, blank=True)
+    max_batch = models.PositiveSmallIntegerField(
+        "max batch",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_BATCH_LIMIT)],
+        help_text=(
+            "How many generations of this model a worker decodes together (1 runs them one "
+            "at a time). Empty: the device's default (16 on CPU, 32 on CUDA)."
+        ),
+    )
     benchmark = models.JSONField(
         null=True,
         blank=True,
@@ -81,6 +96,13 @@ class ModelEntry(models.Model):
             raise ValidationError(
                 {"quantization": "int8_dynamic runs on CPU only; use bnb_8bit or bnb_4bit on cuda."}
             )
+
+    def batch_size(self, device: str) -> int:
+        """How many of this model's generations a worker on `device` ("cpu" or "cuda")
+        decodes together: the entry's own setting, else the device's default."""
+        if self.max_batch:
+            return self.max_batch
+        return DEFAULT_MAX_BATCH.get(Device(device), DEFAULT_MAX_BATCH[Device.CPU])
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
