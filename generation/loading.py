@@ -34,6 +34,10 @@ class LoadedModel:
     device: torch.device
     load_seconds: float
     processor: Any = None  # the image processor of an image classifier
+    # A generation.batching.Batcher when the worker decodes this model's requests
+    # together (set by whoever holds the model; streams opened through
+    # generation.batching.open_stream then join its batch).
+    batcher: Any = None
 
     @property
     def context_length(self) -> int:

@@ -70,6 +70,7 @@ class ModelSpec:
 # Limits that validation in the web app and the library share.
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_STOP_SEQUENCES = 4
+REPETITION_PENALTY_RANGE = (1.0, 2.0)  # 1.0: none; above 2 a model avoids every word it used
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,14 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 2.0:
             raise ValueError("temperature must be between 0 and 2")
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= self.repetition_penalty <= high:
+            raise ValueError(f"repetition_penalty must be between {low:g} and {high:g}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be greater than 0 and at most 1")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:

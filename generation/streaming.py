@@ -29,10 +29,10 @@ class StreamStats:
     total_seconds: float = 0.0
 
 
-class _TextStreamer(BaseStreamer):
-    """Receives new token ids from generate() in the generating thread, turns them into
-    text, holds back what may be the start of a stop sequence, and hands each new piece
-    to `on_text`. When a stop sequence appears it ends generation through `stop_event`."""
+class TextAssembler:
+    """Turns new token ids into text as they come, holds back what may be the start of
+    a stop sequence (or half a character), and hands each new piece to `on_text`. When a
+    stop sequence appears it sets `stop_event` and ignores what comes after."""
 
     def __init__(
         self,
@@ -54,17 +54,11 @@ class _TextStreamer(BaseStreamer):
         self.token_ids: list[int] = []
         self.text = ""  # the text handed out so far
         self.cut = False  # a stop sequence ended the text
-        self._skipped_prompt = False
 
-    def put(self, value: torch.Tensor) -> None:
-        # generate() first hands over the prompt (causal LMs) or the decoder start token
-        # (seq2seq LMs): neither is part of the reply.
-        if not self._skipped_prompt:
-            self._skipped_prompt = True
-            return
+    def add(self, token_ids: list[int]) -> None:
         if self.cut:
             return
-        self.token_ids.extend(value.reshape(-1).tolist())
+        self.token_ids.extend(token_ids)
         self.stats.completion_tokens = len(self.token_ids)
         if self.stats.first_token_seconds is None:
             self.stats.first_token_seconds = time.perf_counter() - self.started
@@ -94,6 +88,27 @@ class _TextStreamer(BaseStreamer):
             piece = text[len(self.text) :]
             self.text = text
             self.on_text(piece)
+
+
+class _TextStreamer(BaseStreamer):
+    """Receives new token ids from generate() in the generating thread and hands them
+    to a TextAssembler. When a stop sequence appears it ends generation through the
+    assembler's `stop_event`."""
+
+    def __init__(self, assembler: TextAssembler) -> None:
+        self.assembler = assembler
+        self._skipped_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        # generate() first hands over the prompt (causal LMs) or the decoder start token
+        # (seq2seq LMs): neither is part of the reply.
+        if not self._skipped_prompt:
+            self._skipped_prompt = True
+            return
+        self.assembler.add(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.assembler.end()
 
 
 class _StopWhen(StoppingCriteria):
@@ -171,6 +186,7 @@ class TokenStream:
             "pad_token_id": tokenizer.pad_token_id,
             # Streaming needs one hypothesis; summarization models often default to beams.
             "num_beams": 1,
+            **({"repetition_penalty": p.repetition_penalty} if p.repetition_penalty != 1 else {}),
             **self.generate_kwargs,
         }
         if p.temperature > 0:
@@ -189,7 +205,7 @@ class TokenStream:
         stop_event = threading.Event()
         stop_when = _StopWhen(stop_event, self.should_stop)
         started = time.perf_counter()
-        streamer = _TextStreamer(
+        text = TextAssembler(
             self.loaded.tokenizer,
             self.params.stop,
             stop_event,
@@ -198,23 +214,24 @@ class TokenStream:
             started,
             self.hidden_token_ids,
         )
+        streamer = _TextStreamer(text)
         if self.params.seed is not None:
             torch.manual_seed(self.params.seed)
         try:
             with torch.inference_mode():
                 self.loaded.model.generate(**self._generate_kwargs(streamer, stop_when))
         finally:
-            self.text = streamer.text
+            self.text = text.text
             self.stats.total_seconds = time.perf_counter() - started
-        if streamer.cut:
+        if text.cut:
             self.stats.finish_reason = "stop_sequence"
         elif stop_when.requested:
             self.stats.finish_reason = "stopped"
-        elif streamer.token_ids and streamer.token_ids[-1] in _eos_ids(self.loaded):
+        elif text.token_ids and text.token_ids[-1] in eos_ids(self.loaded):
             # Models with forced_eos_token_id (BART, Marian) put EOS on the last allowed
             # step themselves: that is a reply cut at the length limit.
             forced = getattr(self.loaded.model.generation_config, "forced_eos_token_id", None)
-            at_limit = len(streamer.token_ids) >= self.params.max_new_tokens
+            at_limit = len(text.token_ids) >= self.params.max_new_tokens
             self.stats.finish_reason = "length" if forced is not None and at_limit else "eos"
         else:
             self.stats.finish_reason = "length"
@@ -260,7 +277,8 @@ def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
     return min(found) if found else None
 
 
-def _eos_ids(loaded: LoadedModel) -> set[int]:
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    """The ids that end a reply: the generation config's and the tokenizer's."""
     ids: set[int] = set()
     for source in (loaded.model.generation_config, loaded.tokenizer):
         value = getattr(source, "eos_token_id", None)

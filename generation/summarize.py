@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from generation.batching import open_stream
 from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
 from generation.specs import GenerationError, SamplingParams, SummaryLength
-from generation.streaming import StreamStats, TokenStream
+from generation.streaming import StreamStats
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ class SummaryStream:
         # Summarization configs (e.g. bart-large-cnn's min_length=56) ask for more than a
         # map step's short budget; the budget wins, without a warning per chunk.
         extra = {} if final else {"min_length": 0}
-        stream = TokenStream(
+        stream = open_stream(
             self.loaded, prompt, params, should_stop=self.should_stop, generate_kwargs=extra
         )
         self.calls += 1

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from generation.batching import open_stream
 from generation.languages import (
     LANGUAGES,
     M2M_CODES,
@@ -26,7 +27,7 @@ from generation.languages import (
 from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
 from generation.specs import GenerationError, SamplingParams
-from generation.streaming import StreamStats, TokenStream
+from generation.streaming import StreamStats
 from generation.summarize import chunk_text
 
 _NAME_TO_CODE = {name.lower(): code for code, (name, _) in LANGUAGES.items()}
@@ -246,7 +247,7 @@ class TranslationStream:
         if self.support.family == "chat":
             budget = min(budget, self.loaded.context_length - chunk_tokens)
         params = replace(self.params, max_new_tokens=max(1, budget))
-        stream = TokenStream(
+        stream = open_stream(
             self.loaded,
             ids,
             params,

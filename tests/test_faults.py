@@ -92,31 +92,44 @@ def assert_in_order(events: list[dict[str, Any]]) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs  # no gap, repeat or swap
 
 
-def test_a_worker_killed_mid_generation_is_replaced_and_the_reply_completes(
-    alice: Any, queue: str, env: dict[str, str], tmp_path: Path
+def test_a_worker_killed_mid_batch_is_replaced_and_every_reply_completes(
+    alice: Any, bob: Any, make_user: Any, queue: str, env: dict[str, str], tmp_path: Path
 ) -> None:
+    """Three people's replies decode together in one worker's batch; SIGKILL of that
+    worker requeues every one of them, and each completes on its page."""
+    people = [alice, bob, make_user("carol")]
     with ExitStack() as stack:
         url = stack.enter_context(web_server(env, tmp_path / "web.log"))
         doomed = stack.enter_context(celery_worker(env, [queue], tmp_path / "worker1.log"))
-        socket = Socket(stack, url, session_cookie(alice))
-        socket.send(type="message", content="Go on", temperature=1.0, seed=5, max_tokens=200)
-        generation_id = socket.until(lambda e: e["type"] == "accepted")["generation"]
-        socket.until(lambda e: e["type"] == "token")
+        sockets = [Socket(stack, url, session_cookie(person)) for person in people]
+        ids = []
+        for socket in sockets:
+            socket.send(type="message", content="Go on", temperature=1.0, seed=5, max_tokens=200)
+            ids.append(socket.until(lambda e: e["type"] == "accepted")["generation"])
+        for socket in sockets:
+            socket.until(lambda e: e["type"] == "token")
+        running = Generation.objects.filter(pk__in=ids, status=Status.RUNNING).count()
+        assert running == 3  # all three in the batch at once (a solo worker ran one)
         doomed.kill()  # SIGKILL: no clean-up, no acknowledgement
         doomed.wait()
         killed_at = time.monotonic()
-        socket.until(lambda e: e["type"] == "worker_lost", timeout=15)
+        for socket in sockets:
+            socket.until(lambda e: e["type"] == "worker_lost", timeout=15)
         stack.enter_context(celery_worker(env, [queue], tmp_path / "worker2.log"))
-        socket.until(lambda e: e.get("status") == "requeued", timeout=30)
+        for socket in sockets:
+            socket.until(lambda e: e.get("status") == "requeued", timeout=30)
         requeued_after = time.monotonic() - killed_at
-        done = socket.until(lambda e: e["type"] == "done", timeout=120)
-    assert done["status"] == "done", done
-    generation = Generation.objects.get(pk=generation_id)
-    assert generation.status == Status.DONE and generation.attempts == 2
-    assert generation.output == stream_text(socket.events) == done["text"]
-    assert generation.completion_tokens == 200
-    assert_in_order(socket.events)
-    print(f"SIGKILL -> requeued by the new worker: {requeued_after:.1f} s")
+        dones = [socket.until(lambda e: e["type"] == "done", timeout=120) for socket in sockets]
+    for generation_id, socket, done in zip(ids, sockets, dones, strict=True):
+        assert done["status"] == "done", done
+        generation = Generation.objects.get(pk=generation_id)
+        assert generation.status == Status.DONE and generation.attempts == 2
+        assert generation.output == stream_text(socket.events) == done["text"]
+        assert generation.completion_tokens == 200
+        assert_in_order(socket.events)
+    # The same seed and prompt give the same text, whoever ran beside whom.
+    assert len({done["text"] for done in dones}) == 1
+    print(f"SIGKILL -> three requeued by the new worker: {requeued_after:.1f} s")
     assert requeued_after < 30
 
 

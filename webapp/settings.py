@@ -154,6 +154,11 @@ ATELIER_WORKER_NICE = env_int("ATELIER_WORKER_NICE", 10)
 # Models a worker process keeps loaded at once (catalog entries with the same weights,
 # e.g. the starter chat model as chat model, summarizer and translator, count once).
 ATELIER_WORKER_MAX_MODELS = env_int("ATELIER_WORKER_MAX_MODELS", 4)
+# Generations a worker process runs at once, all models together (each model's own limit
+# is its catalog entry's max_batch, or one for a model that does not batch).
+ATELIER_WORKER_MAX_RUNS = env_int("ATELIER_WORKER_MAX_RUNS", 64)
+# A worker with room looks for queued work this often (seconds) even without a wake-up.
+ATELIER_WORKER_POLL_SECONDS = env_int("ATELIER_WORKER_POLL_SECONDS", 2)
 # Largest image (bytes) a person may upload for classification.
 ATELIER_MAX_IMAGE_BYTES = env_int("ATELIER_MAX_IMAGE_BYTES", 20 * 1024 * 1024)
 # Replies one user may have queued or running at once (admins can raise it per group).

@@ -15,6 +15,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown  # noqa: E
 from django.conf import settings  # noqa: E402
 
 from webapp.celery_config import celery_config  # noqa: E402
+from workers import scheduler  # noqa: E402
 from workers.heartbeat import Heartbeat  # noqa: E402
 
 app = Celery("atelier")
@@ -36,15 +37,18 @@ def _lower_priority(**kwargs: Any) -> None:
 
 @worker_ready.connect
 def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
-    """The worker is consuming: start saying so (see workers/heartbeat.py)."""
+    """The worker is consuming: start saying so (see workers/heartbeat.py), and start
+    claiming work (workers/scheduler.py)."""
     queues = sender.app.amqp.queues
     names = sorted(queues.consume_from or queues)
     global _heartbeat
     _heartbeat = Heartbeat(names)
     _heartbeat.start()
+    scheduler.start(names)
 
 
 @worker_shutdown.connect
 def _stop_heartbeat(**kwargs: Any) -> None:
+    scheduler.stop()  # running generations end, or are requeued
     if _heartbeat is not None:
         _heartbeat.stop()

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
+from generation.batching import open_stream
 from generation.embeddings import embed
 from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
@@ -23,7 +24,7 @@ from generation.rnn.prompts import chat_to_prompt
 from generation.rnn.streaming import RNNStream
 from generation.safety.model_layer import layer_for
 from generation.specs import GenerationError, SamplingParams, Task
-from generation.streaming import StreamStats, TokenStream
+from generation.streaming import StreamStats
 from generation.summarize import SummaryLength, SummaryStream
 from generation.translate import TranslationStream
 from generation.vision import ImageLimits, classify_image
@@ -102,7 +103,7 @@ def chat(
     fits = context - len(prompt_ids)
     if params.max_new_tokens > fits:
         params = replace(params, max_new_tokens=fits)
-    stream = TokenStream(loaded, prompt_ids, params, should_stop=stop)
+    stream = open_stream(loaded, prompt_ids, params, should_stop=stop)
     return Outcome(stream.run(on_text))
 
 

@@ -22,7 +22,8 @@ from webapp.inference import liveness, services
 log = logging.getLogger(__name__)
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
-current_generation: int | None = None  # set by the runner while it runs one
+running: set[int] = set()  # the generations this process runs now (runner and scheduler)
+slots = 1  # how many it runs at once: its widest batch (the scheduler raises it)
 
 
 class Heartbeat:
@@ -52,7 +53,7 @@ class Heartbeat:
         try:
             while not self._stop.is_set():
                 try:
-                    liveness.beat(self.name, self.queues, current_generation)
+                    liveness.beat(self.name, self.queues, set(running), slots)
                     close_old_connections()
                     self.look_after_queues()
                 except Exception as exc:  # Redis or the database away: try again next beat

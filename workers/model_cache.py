@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from django.conf import settings
 
+from generation.batching import Batcher, can_batch
 from generation.loading import LoadedModel, load_model
 from generation.rnn.loading import LoadedRNN, load_rnn
 from generation.specs import Backend, ModelSpec, Task
@@ -26,6 +27,8 @@ Loaded = LoadedModel | LoadedRNN
 
 # Tasks whose models load the same way (a language model and its tokenizer).
 _TEXT_TASKS = (Task.CHAT, Task.SUMMARIZE, Task.TRANSLATE, Task.MODERATION)
+# Tasks whose causal LMs decode many requests together (generation.batching).
+_BATCHED_TASKS = (Task.CHAT, Task.SUMMARIZE, Task.TRANSLATE)
 
 _lock = threading.Lock()
 _loaded: OrderedDict[tuple[str, ...], Loaded] = OrderedDict()
@@ -40,6 +43,18 @@ def _load(spec: ModelSpec) -> Loaded:
     if spec.backend is Backend.RNN:
         return load_rnn(spec)
     return load_model(spec)
+
+
+def _batch(loaded: Loaded, entry: ModelEntry) -> None:
+    """Give a batchable model its batcher, sized by the entry asking for it (entries that
+    share the weights share the batcher; the last one asking sets its size)."""
+    if not isinstance(loaded, LoadedModel) or entry.task not in _BATCHED_TASKS:
+        return
+    size = entry.batch_size(loaded.device.type)
+    if loaded.batcher is not None:
+        loaded.batcher.max_batch = size
+    elif size > 1 and can_batch(loaded):
+        loaded.batcher = Batcher(loaded, size)
 
 
 def get_model(entry: ModelEntry) -> Loaded:
@@ -58,9 +73,16 @@ def get_model(entry: ModelEntry) -> Loaded:
             _loaded[key] = loaded
         else:
             _loaded.move_to_end(key)
+        _batch(loaded, entry)
     if loaded.spec == spec:
         return loaded
     return replace(loaded, spec=spec)  # the same weights, named after this entry
+
+
+def peek(entry: ModelEntry) -> Loaded | None:
+    """The entry's model if this process holds it now (loads nothing)."""
+    with _lock:
+        return _loaded.get(_load_key(entry.spec()))
 
 
 def clear() -> None:

@@ -5,10 +5,13 @@ generations calls the same steps); `Run` holds one generation's state between th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from generation.batching import BatchOutOfMemory
 from generation.loading import LoadedModel
 from generation.rnn.loading import LoadedRNN
 from generation.safety import TextClassifier, Verdict
@@ -46,6 +49,12 @@ class Run:
     guard: OutputGuard | None = None
     stop_watch: streams.StopWatch | None = None
     first_piece: bool = True
+    on_loaded: Callable[[Any], None] | None = None  # told when the model is loaded
+
+    @classmethod
+    def claimed(cls, generation: Generation) -> Run:
+        """The run of a generation this worker has just claimed."""
+        return cls(generation, streams.StreamWriter(generation.pk), generation.model)
 
     @property
     def generation_id(self) -> int:
@@ -72,13 +81,23 @@ class Run:
 
 
 def run_next(queue: str) -> int | None:
-    """Run the next generation of the queue, in fair order. Returns its id (None when
-    nothing was queued: a wake-up message can outnumber the generations)."""
+    """Run the next generation of the queue, in fair order, in this thread. Returns its
+    id (None when nothing was queued: a wake-up message can outnumber the generations).
+    A worker's scheduler (workers.scheduler) runs many at once instead."""
     run = claim(queue)
     if run is None:
         log.info("queue %s: nothing to run", queue)
         return None
-    heartbeat.current_generation = run.generation_id
+    heartbeat.running.add(run.generation_id)
+    try:
+        run_claimed(run)
+    finally:
+        heartbeat.running.discard(run.generation_id)
+    return run.generation_id
+
+
+def run_claimed(run: Run) -> None:
+    """A claimed generation's steps, in the calling thread, its outcome always recorded."""
     try:
         steps(run)
     except Exception as exc:
@@ -86,9 +105,6 @@ def run_next(queue: str) -> int | None:
         # not stay "running": end it as failed, keeping any partial text.
         log.exception("generation %s failed", run.generation_id)
         fail(run, f"generation failed: {type(exc).__name__}: {exc}", partial=run.writer.text)
-    finally:
-        heartbeat.current_generation = None
-    return run.generation_id
 
 
 def steps(run: Run) -> None:
@@ -109,7 +125,7 @@ def claim(queue: str) -> Run | None:
     generation = services.claim_next(queue, worker=heartbeat.WORKER_NAME)
     if generation is None:
         return None
-    return Run(generation, streams.StreamWriter(generation.pk), generation.model)
+    return Run.claimed(generation)
 
 
 def start(run: Run) -> bool:
@@ -175,6 +191,8 @@ def load(run: Run) -> LoadedModel | LoadedRNN | None:
         return None
     if entry.last_error or entry.last_loaded_at is None:
         catalog.record_loaded(entry.pk)
+    if run.on_loaded is not None:
+        run.on_loaded(loaded)
     return loaded
 
 
@@ -193,8 +211,8 @@ def generate(run: Run, loaded: LoadedModel | LoadedRNN) -> handlers.Outcome | No
     except (GenerationError, ValueError) as exc:  # the request cannot run on this model
         fail(run, str(exc), partial=run.writer.text)
         return None
-    except (torch.OutOfMemoryError, MemoryError):
-        out_of_memory(run)
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        out_of_memory(run, beside_others=isinstance(exc, BatchOutOfMemory))
         return None
     finally:
         run.stop_watch.close()
@@ -254,11 +272,13 @@ def blocked_input(run: Run, verdict: Verdict) -> None:
         run.writer.done(Status.BLOCKED, finish_reason=INPUT_BLOCKED, text=notice)
 
 
-def out_of_memory(run: Run) -> None:
-    """Free what this worker holds so the next request (maybe for a smaller model) can
-    run; this one fails with a message that names the model."""
+def out_of_memory(run: Run, beside_others: bool = False) -> None:
+    """This request fails with a message that names the model. Alone on this worker, it
+    frees the models held, so the next request (maybe for a smaller model) can run; one
+    that did not fit beside others in a batch (the newest row) leaves them running."""
     log.exception("generation %s: out of memory", run.generation_id)
-    model_cache.clear()
+    if not beside_others and heartbeat.running <= {run.generation_id}:
+        model_cache.clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     name = run.entry.name if run.entry is not None else run.generation.model_name

@@ -41,6 +41,7 @@ class LoadedRNN:
     load_seconds: float
     config: RNNConfig
     training: dict[str, Any] = field(default_factory=dict)  # metrics saved by train_rnn
+    batcher: Any = None  # a generation.rnn.batching.RNNBatcher when requests batch
 
 
 def save_rnn_folder(

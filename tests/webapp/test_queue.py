@@ -95,7 +95,7 @@ def test_queue_info_reports_position_and_that_no_worker_serves_the_queue(
     assert (info.position, info.running, info.workers, info.eta_seconds) == (2, 0, 0, None)
     assert inference.queue_info(Generation.objects.get(pk=a2)).position == 3  # type: ignore[union-attr]
     # A live worker of the queue and a finished generation to estimate from.
-    liveness.beat("w-test", [DIRECT_QUEUE], None)
+    liveness.beat("w-test", [DIRECT_QUEUE])
     try:
         inference.claim_next(DIRECT_QUEUE, worker="w-test")
         inference.finish(a1, status=Status.DONE, worker="w-test")

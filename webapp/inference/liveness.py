@@ -4,6 +4,7 @@ key that expires, so a worker killed with SIGKILL disappears on its own."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -15,16 +16,20 @@ from webapp.inference.streams import sync_redis
 class WorkerInfo:
     name: str
     queues: tuple[str, ...]
-    generation: int | None
+    generations: tuple[int, ...] = ()  # running on it now
+    slots: int = 1  # how many it runs at once (its widest batch)
 
 
 def _key(name: str) -> str:
     return f"{settings.ATELIER_REDIS_PREFIX}:worker:{name}"
 
 
-def beat(name: str, queues: list[str], generation: int | None) -> None:
-    """Say that this worker is alive (for ATELIER_WORKER_TIMEOUT_SECONDS)."""
-    payload = json.dumps({"queues": queues, "generation": generation})
+def beat(name: str, queues: list[str], generations: Collection[int] = (), slots: int = 1) -> None:
+    """Say that this worker is alive (for ATELIER_WORKER_TIMEOUT_SECONDS), what it runs
+    and how many it can run at once."""
+    payload = json.dumps(
+        {"queues": queues, "generations": sorted(generations), "slots": max(1, slots)}
+    )
     sync_redis().set(_key(name), payload, ex=settings.ATELIER_WORKER_TIMEOUT_SECONDS)
 
 
@@ -44,5 +49,12 @@ def live_workers() -> list[WorkerInfo]:
             continue
         data = json.loads(raw)
         name = (key.decode() if isinstance(key, bytes) else key)[prefix:]
-        workers.append(WorkerInfo(name, tuple(data.get("queues", ())), data.get("generation")))
+        workers.append(
+            WorkerInfo(
+                name,
+                tuple(data.get("queues", ())),
+                tuple(data.get("generations", ())),
+                int(data.get("slots", 1)),
+            )
+        )
     return workers

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -89,10 +90,36 @@ def fair_order(queue: str, limit: int = 5000) -> list[int]:
     return order
 
 
-def claim_next(queue: str, worker: str) -> Generation | None:
+def claim_next(
+    queue: str,
+    worker: str,
+    *,
+    skip_models: Collection[int | None] = (),
+    skip_background: Collection[int | None] = (),
+) -> Generation | None:
     """Move the next generation of the queue (in fair order) to running for this worker;
-    None when nothing is queued. A conditional UPDATE, so two workers never take one."""
-    for generation_id in fair_order(queue, limit=50):
+    None when nothing is queued. A conditional UPDATE, so two workers never take one.
+
+    A worker with no room left for a model passes it in `skip_models` (its generations
+    stay queued, and the next one in fair order for another model is taken), and one
+    keeping its last slots for interactive work passes the model in `skip_background`."""
+    order = fair_order(queue, limit=50)
+    if skip_models or skip_background:
+        facts = dict(
+            (pk, (model_id, priority))
+            for pk, model_id, priority in Generation.objects.filter(pk__in=order).values_list(
+                "pk", "model_id", "priority"
+            )
+        )
+        skipped_background = set(skip_background)
+        order = [
+            pk
+            for pk in order
+            if pk in facts
+            and facts[pk][0] not in skip_models
+            and not (facts[pk][1] != Priority.INTERACTIVE and facts[pk][0] in skipped_background)
+        ]
+    for generation_id in order:
         updated = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
             status=Status.RUNNING,
             started_at=timezone.now(),
@@ -258,6 +285,7 @@ class QueueInfo:
     running: int  # generations running on the queue now
     workers: int  # live workers serving the queue
     eta_seconds: float | None  # None: no finished generation to estimate from yet
+    slots: int = 0  # how many the live workers run at once (batched), all together
 
 
 @dataclass(frozen=True)
@@ -266,6 +294,7 @@ class _Snapshot:
     positions: dict[int, int]
     running: int
     workers: int
+    slots: int
     mean_seconds: float | None
 
 
@@ -294,7 +323,7 @@ def _snapshot(queue: str, fresh: bool) -> _Snapshot:
         return found
     order = fair_order(queue)
     running = Generation.objects.filter(queue=queue, status=Status.RUNNING).count()
-    workers = sum(1 for worker in _live_workers(fresh) if queue in worker.queues)
+    serving = [worker for worker in _live_workers(fresh) if queue in worker.queues]
     recent = list(
         Generation.objects.filter(
             queue=queue, status=Status.DONE, started_at__isnull=False, finished_at__isnull=False
@@ -307,7 +336,8 @@ def _snapshot(queue: str, fresh: bool) -> _Snapshot:
         taken=time.monotonic(),
         positions={pk: at + 1 for at, pk in enumerate(order)},
         running=running,
-        workers=workers,
+        workers=len(serving),
+        slots=sum(worker.slots for worker in serving),
         mean_seconds=sum(seconds) / len(seconds) if seconds else None,
     )
     _snapshots[queue] = snapshot
@@ -324,8 +354,16 @@ def queue_info(generation: Generation, fresh: bool = False) -> QueueInfo | None:
             return queue_info(generation, fresh=True)
         return None
     eta = None
-    if snapshot.mean_seconds is not None and snapshot.workers:
-        eta = round(snapshot.mean_seconds * (position - 1 + snapshot.running) / snapshot.workers, 1)
+    slots = snapshot.slots
+    if snapshot.mean_seconds is not None and slots:
+        # Those ahead in the queue and those running, less the slots free for it: each of
+        # those must end first, and the slots end one every mean_seconds / slots.
+        ahead = max(0, position + snapshot.running - slots)
+        eta = round(snapshot.mean_seconds * ahead / slots, 1)
     return QueueInfo(
-        position=position, running=snapshot.running, workers=snapshot.workers, eta_seconds=eta
+        position=position,
+        running=snapshot.running,
+        workers=snapshot.workers,
+        eta_seconds=eta,
+        slots=slots,
     )

@@ -126,7 +126,7 @@ def _queue_event(generation: Generation) -> WatchEvent:
             f"No worker is serving {generation.model_name} right now; "
             "your request will start when one is."
         )
-    elif info.position == 1 and info.running < info.workers:
+    elif info.position + info.running <= info.slots:  # a slot is free for it
         message = "Starting…"
     else:
         wait = f" (about {round(info.eta_seconds)} s)" if info.eta_seconds is not None else ""
