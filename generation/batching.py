@@ -93,7 +93,7 @@ class Batcher:
         self.loaded = loaded
         self.max_batch = max(1, max_batch)
         self.prefill_tokens = max(1, prefill_tokens)
-        self.eos = _ending_ids(loaded)
+        self.eos = self._ending()
         self._cond = threading.Condition()
         self._waiting: deque[_Row] = deque()  # queued, not prefilled yet
         self._prefilling: deque[_Row] = deque()
@@ -103,6 +103,9 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decoding steps run (for tests and figures)
         self.widest = 0  # the most rows decoded together so far
+
+    def _ending(self) -> set[int]:
+        return _ending_ids(self.loaded)
 
     # -- the requesting side ----------------------------------------------------------
 

@@ -19,6 +19,7 @@ from generation.batching import open_stream
 from generation.embeddings import embed
 from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
+from generation.rnn.batching import BatchedRNNStream
 from generation.rnn.loading import LoadedRNN
 from generation.rnn.prompts import chat_to_prompt
 from generation.rnn.streaming import RNNStream
@@ -87,8 +88,10 @@ def chat(
     messages = generation.input["messages"]
     if isinstance(loaded, LoadedRNN):
         prompt = loaded.vocab.encode(chat_to_prompt(messages))
-        rnn = RNNStream(loaded, prompt, params, should_stop=stop)
-        return Outcome(rnn.run(on_text))
+        if loaded.batcher is not None:
+            batched = BatchedRNNStream(loaded.batcher, prompt, params, should_stop=stop)
+            return Outcome(batched.run(on_text))
+        return Outcome(RNNStream(loaded, prompt, params, should_stop=stop).run(on_text))
     # Keep room for the reply (up to half the context), then shorten the reply to what
     # fits after the prompt rather than refusing a long max_tokens.
     context = loaded.context_length

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from generation.batching import Batcher, can_batch
 from generation.loading import LoadedModel, load_model
+from generation.rnn.batching import RNNBatcher
 from generation.rnn.loading import LoadedRNN, load_rnn
 from generation.specs import Backend, ModelSpec, Task
 from webapp.catalog.models import ModelEntry
@@ -48,11 +49,13 @@ def _load(spec: ModelSpec) -> Loaded:
 def _batch(loaded: Loaded, entry: ModelEntry) -> None:
     """Give a batchable model its batcher, sized by the entry asking for it (entries that
     share the weights share the batcher; the last one asking sets its size)."""
-    if not isinstance(loaded, LoadedModel) or entry.task not in _BATCHED_TASKS:
+    if entry.task not in _BATCHED_TASKS:
         return
     size = entry.batch_size(loaded.device.type)
     if loaded.batcher is not None:
         loaded.batcher.max_batch = size
+    elif size > 1 and isinstance(loaded, LoadedRNN):
+        loaded.batcher = RNNBatcher(loaded, size)
     elif size > 1 and can_batch(loaded):
         loaded.batcher = Batcher(loaded, size)
 

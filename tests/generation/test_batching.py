@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +98,32 @@ def test_greedy_rows_in_a_batch_give_what_each_gives_alone(
     assert batcher.widest >= 2  # they did decode together
     # One at a time through the batcher, too.
     assert [run_together(batcher, [(p, GREEDY)])[0] for p in batch] == expected
+
+
+def test_the_starter_model_gives_the_same_greedy_replies_batched_as_alone(
+    starter_models_dir: Path,
+) -> None:
+    from generation.loading import load_model
+    from generation.prompts import build_chat_input
+    from generation.specs import ModelSpec
+
+    folder = starter_models_dir / "SmolLM2-135M-Instruct"
+    loaded = load_model(ModelSpec(name="SmolLM2", source=str(folder)))
+    questions = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "Why is the sky blue?",
+    ]
+    batch = [
+        build_chat_input(
+            loaded.tokenizer, [{"role": "user", "content": q}], system="", max_prompt_tokens=512
+        )
+        for q in questions
+    ]
+    params = replace(GREEDY, max_new_tokens=32)
+    expected = [alone(loaded, prompt, params) for prompt in batch]
+    assert len({text for text, _ in expected}) == 3  # real, different replies
+    assert run_together(Batcher(loaded, max_batch=4), [(p, params) for p in batch]) == expected
 
 
 def test_the_repetition_penalty_is_per_row_as_generate_applies_it(llama: LoadedModel) -> None:

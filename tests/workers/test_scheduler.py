@@ -5,6 +5,7 @@ Redis stream per generation and a tiny real model through the worker's model cac
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.conftest import DIRECT_QUEUE
 from webapp.catalog.models import ModelEntry
 from webapp.inference import services, streams
 from webapp.inference.models import Generation, Priority, Status
+from webapp.moderation.models import Rule
 from workers import heartbeat, model_cache
 from workers.scheduler import Scheduler, interactive_reserve
 
@@ -149,6 +151,48 @@ def test_a_stop_reaches_its_row_and_the_others_finish(
     wait_for(lambda: set(statuses(short).values()) == {Status.DONE})
     stopped = Generation.objects.get(pk=long)
     assert stopped.finish_reason == "stopped" and 0 < stopped.completion_tokens < 3000
+
+
+def test_a_row_blocked_by_the_output_guard_leaves_while_the_others_go_on(
+    make_user: Any, endless_model: ModelEntry, scheduler: Scheduler
+) -> None:
+    users = [make_user("first"), make_user("second")]
+
+    def both() -> list[Generation]:
+        ids = [
+            services.create_generation(
+                user=user,
+                model=endless_model,
+                task="chat",
+                input={"messages": [{"role": "user", "content": "Tell me a story."}]},
+                params={"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 300, "seed": seed},
+            ).pk
+            for user, seed in zip(users, (11, 12), strict=True)
+        ]
+        scheduler.wake()
+        wait_for(
+            lambda: (
+                Status.RUNNING not in statuses(ids).values()
+                and Status.QUEUED not in statuses(ids).values()
+            )
+        )
+        return [Generation.objects.get(pk=pk) for pk in ids]
+
+    first, second = both()
+    assert first.status == second.status == Status.DONE
+    half = len(first.output) // 2
+    target = next(
+        word
+        for word in re.findall(r"[a-z]{3,}", first.output[half:])
+        if first.output.find(word) >= half and word not in second.output
+    )
+    Rule.objects.create(
+        rule_id="tiny-output", category="violence", kind="regex", patterns=re.escape(target)
+    )
+    blocked, going_on = both()  # the same seeds beside each other: the same texts
+    assert blocked.status == Status.BLOCKED and blocked.finish_reason == "blocked"
+    assert blocked.completion_tokens < first.completion_tokens
+    assert going_on.status == Status.DONE and going_on.output == second.output
 
 
 def test_the_shutdown_requeues_what_is_still_running(
