@@ -283,7 +283,7 @@ def measure(args: argparse.Namespace, var_dir: Path, queue: str) -> dict[str, An
             rate, texts = baselines[mode]
             print(f"[{mode}] warming up the worker…", file=sys.stderr)
             asyncio.run(round_of(ws_url, base_url, cookies, entry.pk, 1, 4))
-            rows = {}
+            rows: dict[int, dict[str, Any]] = {}
             for count in args.counts:
                 print(f"[{mode}] {count} concurrent…", file=sys.stderr)
                 replies = asyncio.run(

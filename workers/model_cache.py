@@ -56,7 +56,7 @@ def _batch(loaded: Loaded, entry: ModelEntry) -> None:
         loaded.batcher.max_batch = size
     elif size > 1 and isinstance(loaded, LoadedRNN):
         loaded.batcher = RNNBatcher(loaded, size)
-    elif size > 1 and can_batch(loaded):
+    elif size > 1 and isinstance(loaded, LoadedModel) and can_batch(loaded):
         loaded.batcher = Batcher(loaded, size)
 
 

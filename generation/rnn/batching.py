@@ -59,11 +59,14 @@ class RNNBatcher(Batcher):
         if self._state is None or not self._rows:
             self._state, self._rows = state, [row]
             return
-        if isinstance(state, tuple):
-            h, c = self._state  # type: ignore[misc]
-            self._state = (torch.cat([h, state[0]], dim=1), torch.cat([c, state[1]], dim=1))
-        else:
-            self._state = torch.cat([self._state, state], dim=1)  # type: ignore[list-item]
+        mine = self._state
+        if isinstance(state, tuple) and isinstance(mine, tuple):  # an LSTM's (h, c)
+            self._state = (
+                torch.cat([mine[0], state[0]], dim=1),
+                torch.cat([mine[1], state[1]], dim=1),
+            )
+        elif isinstance(state, torch.Tensor) and isinstance(mine, torch.Tensor):
+            self._state = torch.cat([mine, state], dim=1)
         self._rows.append(row)
 
     def _step(self) -> None:
