@@ -1,6 +1,8 @@
 """Batch job throughput against a direct loop: N short documents summarized through a batch
 job run by one real Celery worker process, and the same documents summarized by the same
-model called directly in a loop, in one run. Target: job throughput >= 0.9 x the loop.
+model called directly in a loop, in one run. Target: job throughput >= 2.5 x the loop (the
+worker decodes ATELIER_JOB_MAX_IN_FLIGHT items together in one batch; before continuous
+batching it ran them one at a time and reached 0.97 x).
 
 The model is the tiny random Llama of the tests (tests/tiny/causal.py: 2 layers, hidden
 size 64) without an end-of-sequence token, so that every summary is exactly the "short"
@@ -50,7 +52,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
 
 from bench.stream_overhead import BUSY_LOAD, progress, throwaway_dir  # noqa: E402
 
-TARGET_RATIO = 0.9
+TARGET_RATIO = 2.5
 LENGTH = "short"
 SUBJECTS = ["river", "harbour", "library", "railway", "market", "school", "bridge", "orchard"]
 

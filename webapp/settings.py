@@ -182,9 +182,9 @@ ATELIER_AUDIT_RETENTION_DAYS = env_int("ATELIER_AUDIT_RETENTION_DAYS", 365)
 # are added to them, and replace a shipped rule of the same id).
 ATELIER_MODERATION_DEFAULT_RULES = env_bool("ATELIER_MODERATION_DEFAULT_RULES", True)
 # --- Batch jobs -----------------------------------------------------------------------
-# Generations of one job queued or running at once (enough to keep a worker busy; its
-# items are background work, so interactive requests still go first).
-ATELIER_JOB_MAX_IN_FLIGHT = env_int("ATELIER_JOB_MAX_IN_FLIGHT", 4)
+# Generations of one job queued or running at once: enough to fill the background slots
+# of a worker's batch (12 of the 16 on CPU; the rest are kept for interactive requests).
+ATELIER_JOB_MAX_IN_FLIGHT = env_int("ATELIER_JOB_MAX_IN_FLIGHT", 12)
 # Limits on uploaded job files.
 ATELIER_JOB_MAX_UPLOAD_BYTES = env_int("ATELIER_JOB_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
 ATELIER_JOB_MAX_ITEMS = env_int("ATELIER_JOB_MAX_ITEMS", 10_000)

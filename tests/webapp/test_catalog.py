@@ -62,3 +62,40 @@ def test_disabled_and_wrong_task_models_are_not_usable(alice: Any) -> None:
             usable_model(alice, "chat", model.pk)
     with pytest.raises(ModelUnavailable, match="No chat model"):
         usable_model(alice, "chat", None)
+
+
+def test_max_batch_defaults_per_device_and_is_bounded() -> None:
+    default = entry("batched")
+    assert default.batch_size("cpu") == 16 and default.batch_size("cuda") == 32
+    default.max_batch = 1  # one at a time, as before batching
+    assert default.batch_size("cuda") == 1
+    for bad in (0, 257):
+        default.max_batch = bad
+        with pytest.raises(ValidationError) as refused:
+            default.full_clean()
+        assert "max_batch" in refused.value.message_dict
+
+
+def test_the_admin_shows_max_batch_with_the_measured_batching_figures(make_user: Any) -> None:
+    from django.test import Client
+
+    rounds = {
+        "1": {"aggregate": 20.0, "vs_one": 1.0, "ttft_p50": 0.1, "ttft_p95": 0.1},
+        "16": {"aggregate": 64.5, "vs_one": 3.22, "ttft_p50": 0.8, "ttft_p95": 1.5},
+    }
+    measured = entry(
+        "smol",
+        max_batch=8,
+        benchmark={"batching": {"cpu": {"machine": "test CPU", "measured_at": "2026-12-03",
+                                        "sequential": 19.5, "rounds": rounds}}},
+    )  # fmt: skip
+    client = Client()
+    client.force_login(make_user("root", role="admin"))
+    page = client.get(f"/admin/catalog/modelentry/{measured.pk}/change/").content.decode()
+    assert 'name="max_batch" value="8"' in page
+    assert "cpu (test CPU), 2026-12-03: sequential generate() 19.5 tokens/s" in page
+    assert "<td>16</td><td>64.5</td><td>3.22x</td><td>0.80 s</td><td>1.50 s</td>" in page
+    # Batching figures are not taken for a device's quantization figures.
+    assert "Not measured yet: run python bench/quantization.py" in page
+    listing = client.get("/admin/catalog/modelentry/").content.decode()
+    assert "max batch" in listing.lower()

@@ -15,6 +15,7 @@ class ModelEntryAdmin(admin.ModelAdmin[ModelEntry]):
         "quantization",
         "device",
         "queue",
+        "max_batch",
         "enabled",
         "is_default",
         "status",
@@ -28,6 +29,7 @@ class ModelEntryAdmin(admin.ModelAdmin[ModelEntry]):
         "last_loaded_at",
         "updated_at",
         "quantization_figures",
+        "batching_figures",
     )
     exclude = ("benchmark",)
 
@@ -39,10 +41,47 @@ class ModelEntryAdmin(admin.ModelAdmin[ModelEntry]):
             return "loaded"
         return "not loaded yet"
 
+    @admin.display(description="batching, measured")
+    def batching_figures(self, entry: ModelEntry) -> str:
+        """The latest bench/batching.py figures for this model: aggregate tokens/s and time
+        to first token by concurrent requests, to choose max_batch by."""
+        measured = (entry.benchmark or {}).get("batching", {})
+        if not measured:
+            return "Not measured yet: run python bench/batching.py --store"
+        tables = []
+        for device, run in sorted(measured.items()):
+            rows = format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        n,
+                        f"{r['aggregate']:.1f}",
+                        f"{r['vs_one']:.2f}x",
+                        f"{r['ttft_p50']:.2f} s",
+                        f"{r['ttft_p95']:.2f} s",
+                    )
+                    for n, r in sorted(run.get("rounds", {}).items(), key=lambda kv: int(kv[0]))
+                ),
+            )
+            tables.append(
+                format_html(
+                    "<p>{} ({}), {}: sequential generate() {} tokens/s</p><table><thead><tr>"
+                    "<th>concurrent</th><th>tokens/s, all</th><th>vs one</th><th>first token "
+                    "p50</th><th>p95</th></tr></thead><tbody>{}</tbody></table>",
+                    device,
+                    run.get("machine", "?"),
+                    run.get("measured_at", "?"),
+                    f"{run.get('sequential', 0.0):.1f}",
+                    rows,
+                )
+            )
+        return format_html_join("", "{}", ((table,) for table in tables))
+
     @admin.display(description="quantization, measured")
     def quantization_figures(self, entry: ModelEntry) -> str:
         """The latest bench/quantization.py figures for this model's folder, per device."""
-        figures = entry.benchmark or {}
+        figures = {k: v for k, v in (entry.benchmark or {}).items() if k != "batching"}
         if not figures:
             return "Not measured yet: run python bench/quantization.py --store"
         tables = []
