@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ from webapp.catalog.services import usable_model
 from webapp.inference.refusals import ModelUnavailable, Refused
 from webapp.jobs import engine, inputs, results, services
 from webapp.jobs.models import Job, JobStatus
+from workers import scheduler as scheduling
 from workers.heartbeat import Heartbeat
-from workers.runner import run_next
 
 WAIT_SECONDS = 0.5  # between looks at the job when workers run it
 
@@ -149,13 +148,13 @@ class Command(BaseCommand):
 
     def _run(self, job: Job, *, use_workers: bool) -> None:
         heartbeat = None
-        run_one: Callable[[], int | None] = lambda: None  # noqa: E731
         if not use_workers:
             assert job.model is not None
             queue = job.model.queue
-            run_one = lambda: run_next(queue)  # noqa: E731
             heartbeat = Heartbeat([queue])
             heartbeat.start()  # so that live workers do not take our runs for orphans
+            # This process runs the items as a worker does: batched, in fair order.
+            scheduling.start([queue]).wake()
         bar = tqdm(total=job.total, unit="doc", disable=None, file=self.stderr)
         try:
             while True:
@@ -168,10 +167,10 @@ class Command(BaseCommand):
                     return
                 if job.status == JobStatus.PAUSED and not running:
                     raise CommandError(f"job #{job.pk} was paused")
-                if run_one() is None:
-                    time.sleep(WAIT_SECONDS)
-                    engine.reconcile(job.pk)
+                time.sleep(WAIT_SECONDS)
+                engine.reconcile(job.pk)
         finally:
             bar.close()
             if heartbeat is not None:
+                scheduling.stop()  # what still runs (Ctrl-C) is requeued
                 heartbeat.stop()
