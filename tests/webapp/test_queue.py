@@ -2,10 +2,12 @@
 worker died. Real database and Redis; no worker process (DIRECT_QUEUE has none)."""
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.utils import timezone
 
 from generation.specs import SamplingParams
 from tests.conftest import DIRECT_QUEUE
@@ -15,6 +17,7 @@ from webapp.inference import dispatch, liveness, streams
 from webapp.inference import services as inference
 from webapp.inference.models import Generation, Status
 from webapp.inference.refusals import LimitReached
+from webapp.inference.watching import _queue_event
 from workers.heartbeat import Heartbeat
 
 pytestmark = pytest.mark.django_db
@@ -184,3 +187,40 @@ def test_a_generation_queued_after_the_snapshot_still_gets_its_position(
     later = ask(bob)  # within the snapshot's second
     info = inference.queue_info(Generation.objects.get(pk=later))
     assert info is not None and info.position == 2
+
+
+def test_the_wait_counts_the_slots_of_batching_workers(
+    alice: Any, bob: Any, make_user: Any, chat_model: Any
+) -> None:
+    """With workers that run four at once, a request fourth in line starts at once and the
+    wait grows by a quarter of a reply per request ahead past the free slots."""
+    users = [alice, bob, make_user("carol"), make_user("dave"), make_user("erin")]
+    done = ask(alice)
+    inference.claim_next(DIRECT_QUEUE, worker="w-batch")
+    inference.finish(done, status=Status.DONE, worker="w-batch")
+    Generation.objects.filter(pk=done).update(
+        started_at=timezone.now() - timedelta(seconds=8), finished_at=timezone.now()
+    )
+    waiting = [ask(user) for user in users]
+    liveness.beat("w-batch", [DIRECT_QUEUE], slots=4)
+    try:
+        found = [inference.queue_info(Generation.objects.get(pk=pk), fresh=True) for pk in waiting]
+        infos = sorted((info for info in found if info), key=lambda info: info.position)
+        fourth = next(
+            pk for pk, info in zip(waiting, found, strict=True) if info and info.position == 4
+        )
+        fifth = next(
+            pk for pk, info in zip(waiting, found, strict=True) if info and info.position == 5
+        )
+        starting, queued = (
+            _queue_event(Generation.objects.get(pk=fourth)),
+            _queue_event(Generation.objects.get(pk=fifth)),
+        )
+    finally:
+        liveness.forget("w-batch")
+    assert [info.slots for info in infos] == [4] * 5
+    assert [info.position for info in infos] == [1, 2, 3, 4, 5]
+    # Four free slots: the first four start now; the fifth waits for one reply of four.
+    assert [info.eta_seconds for info in infos] == [0.0, 0.0, 0.0, 0.0, 2.0]
+    assert starting["message"] == "Starting…"
+    assert queued["message"] == "Waiting in the queue: position 5 (about 2 s)."
