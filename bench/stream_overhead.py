@@ -6,11 +6,13 @@ prompt, measure in one run on one machine:
 * generate() alone, in this process (the baseline);
 * the same model behind the whole stack: WebSocket -> Daphne -> Django -> Celery (Redis)
   -> worker -> TokenStream -> Redis stream -> Daphne relay -> WebSocket client;
+* and through the OpenAI-compatible API: POST /v1/chat/completions with `stream: true`
+  (an API key) -> the same road -> server-sent events, read as they come;
 
-and print both, their ratio (target: >= 0.95) and the time to first token. In-process
-layers in between show where any lost time goes: TokenStream.run() as the worker calls it,
-then with the worker's Redis stop-flag poll and StreamWriter; and, as a diagnostic,
-generate() in a new thread (how iterating a TokenStream runs it).
+and print each, their ratio to the baseline (target: >= 0.95) and the time to first
+token. In-process layers in between show where any lost time goes: TokenStream.run() as
+the worker calls it, then with the worker's Redis stop-flag poll and StreamWriter; and, as
+a diagnostic, generate() in a new thread (how iterating a TokenStream runs it).
 
 Everything runs on throwaway state: a temporary ATELIER_VAR_DIR (SQLite database, logs),
 a private Redis unless REDIS_URL is set, and a Redis key prefix and Celery queue of this
@@ -301,6 +303,90 @@ def measure_in_process(
 # --- the whole stack -------------------------------------------------------------------------
 
 
+def send_api_requests(base_url: str, secret: str, tokens: int, count: int) -> list[MessageResult]:
+    """`count` streamed /v1/chat/completions requests one after another, each read as
+    server-sent events as they arrive (http.client: no client library's parsing in the
+    figures); time each from sending to `data: [DONE]`."""
+    import http.client
+    from urllib.parse import urlparse
+
+    address = urlparse(base_url)
+    results = []
+    for _ in range(count):
+        body = json.dumps(
+            {
+                "model": MODEL_NAME,
+                "messages": [{"role": "user", "content": PROMPT}],
+                "temperature": 0,
+                "max_tokens": tokens,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+        connection = http.client.HTTPConnection(
+            address.hostname or "127.0.0.1", address.port, timeout=MESSAGE_TIMEOUT
+        )
+        sent = time.perf_counter()
+        connection.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"API answered {response.status}: {response.read()[:500]!r}")
+        first: float | None = None
+        events = 0
+        text: list[str] = []
+        usage: dict[str, Any] = {}
+        finish = ""
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue  # blank separators, keep-alive and queue comments
+            if line == "data: [DONE]":
+                break
+            chunk = json.loads(line[len("data: ") :])
+            if "error" in chunk:
+                raise RuntimeError(f"API stream error: {chunk['error']}")
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices", []):
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    events += 1
+                    text.append(piece)
+                    if first is None:
+                        first = time.perf_counter() - sent
+                finish = choice.get("finish_reason") or finish
+        seconds = time.perf_counter() - sent
+        connection.close()
+        results.append(
+            MessageResult(
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                seconds=seconds,
+                first_token_seconds=first,
+                token_events=events,
+                status="done",
+                finish_reason=finish,
+                text="".join(text),
+            )
+        )
+    return results
+
+
+def layer_of(name: str, timed: list[MessageResult]) -> Layer:
+    layer = Layer(name)
+    for result in timed:
+        layer.rates.append(result.completion_tokens / result.seconds)
+        layer.tokens.append(result.completion_tokens)
+        if result.first_token_seconds is not None:
+            layer.first_token.append(result.first_token_seconds)
+        layer.notes.append(f"{result.token_events} token events, {result.finish_reason}")
+    return layer
+
+
 async def send_messages(
     ws_url: str, origin: str, cookie: str, model_id: int, tokens: int, count: int
 ) -> list[MessageResult]:
@@ -355,7 +441,8 @@ async def send_messages(
 
 def measure_stack(
     user: Any, entry: Any, queue: str, var_dir: Path, tokens: int, runs: int
-) -> tuple[Layer, dict[str, Any]]:
+) -> tuple[Layer, Layer, dict[str, Any]]:
+    """The WebSocket layer and the API (SSE) layer, on one web server and worker."""
     from django.db import connection
 
     from tests.processes import (
@@ -365,6 +452,7 @@ def measure_stack(
         session_cookie,
         web_server,
     )
+    from webapp.api.keys import create_key
 
     env = process_env(
         DATABASE_URL=database_url(connection.settings_dict),
@@ -372,6 +460,7 @@ def measure_stack(
         ATELIER_MODELS_DIR=str(MODELS_DIR),
     )
     cookie = session_cookie(user)
+    secret = create_key(user, "bench").secret
     connection.close()  # the children use the SQLite file; hold nothing open on it
     info: dict[str, Any] = {}
     with (
@@ -383,19 +472,16 @@ def measure_stack(
         results = asyncio.run(
             send_messages(ws_url, base_url, cookie, entry.pk, tokens, count=1 + runs)
         )
+        api_results = send_api_requests(base_url, secret, tokens, count=runs)
     warm, timed = results[0], results[1:]
     info["warmup_seconds"] = warm.seconds
-    layer = Layer("whole stack (WebSocket)")
-    for result in timed:
-        layer.rates.append(result.completion_tokens / result.seconds)
-        layer.tokens.append(result.completion_tokens)
-        if result.first_token_seconds is not None:
-            layer.first_token.append(result.first_token_seconds)
-        layer.notes.append(f"{result.token_events} token events, {result.finish_reason}")
+    layer = layer_of("whole stack (WebSocket)", timed)
+    api_layer = layer_of("whole stack (API, SSE)", api_results)
+    info["api_text"] = api_results[-1].text
     info["stack_text"] = timed[-1].text
     info["token_events"] = [r.token_events for r in timed]
     info["finish_reasons"] = sorted({r.finish_reason for r in timed})
-    return layer, info
+    return layer, api_layer, info
 
 
 # --- report -----------------------------------------------------------------------------
@@ -409,6 +495,7 @@ def report(
     args: argparse.Namespace,
     layers: list[Layer],
     stack: Layer,
+    api: Layer,
     info: dict[str, Any],
 ) -> None:
     import torch
@@ -425,7 +512,7 @@ def report(
     rows: list[tuple[str, str, str, str, str]] = []
     main = [layer for layer in layers if not layer.name.startswith("(diagnostic)")]
     diagnostics = [layer for layer in layers if layer.name.startswith("(diagnostic)")]
-    for layer in [*main, stack, *diagnostics]:
+    for layer in [*main, stack, api, *diagnostics]:
         rows.append(
             (
                 layer.name,
@@ -461,7 +548,12 @@ def report(
     print(f"  whole stack           {stack.rate:.1f} tokens/s  (runs: {_rates(stack)})")
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"  ratio stack/baseline  {ratio:.3f}  (target >= {TARGET_RATIO}: {verdict})")
+    api_ratio = api.rate / baseline.rate
+    api_verdict = "met" if api_ratio >= TARGET_RATIO else "NOT met"
+    print(f"  API over SSE          {api.rate:.1f} tokens/s  (runs: {_rates(api)})")
+    print(f"  ratio API/baseline    {api_ratio:.3f}  (target >= {TARGET_RATIO}: {api_verdict})")
     print(f"  stack first token     {fmt_seconds(stack.ttft)} (send -> first token event)")
+    print(f"  API first token       {fmt_seconds(api.ttft)} (request -> first content chunk)")
     print(f"  TokenStream 1st token {fmt_seconds(info['stream_ttft'])} (in process, reference)")
     print(
         f"  stack token events    {info['token_events']} per reply; "
@@ -479,7 +571,7 @@ def report(
         )
     uneven = [
         f"{layer.name} ({max(layer.rates) / min(layer.rates):.2f}x)"
-        for layer in [*layers, stack]
+        for layer in [*layers, stack, api]
         if len(layer.rates) > 1 and max(layer.rates) > MAX_SPREAD * min(layer.rates)
     ]
     if uneven:
@@ -491,6 +583,8 @@ def report(
         )
     same = info["stack_text"] == info["stream_text"]
     print(f"  same text as TokenStream in process: {'yes' if same else 'NO'}")
+    api_same = info["api_text"] == info["stream_text"]
+    print(f"  API: same text as TokenStream in process: {'yes' if api_same else 'NO'}")
     if any(t != args.tokens for t in stack.tokens):
         print(
             f"  note: the stack stopped before {args.tokens} tokens (EOS); its tokens/s "
@@ -501,13 +595,14 @@ def report(
     print()
     print(
         "| Date | Machine | Model | N | Runs | generate() tok/s | Stack tok/s | Ratio "
-        "| Stack TTFT | TokenStream TTFT |"
+        "| API (SSE) tok/s | API ratio | Stack TTFT | TokenStream TTFT |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {date[:10]} | {os.cpu_count()} cores, torch {torch.__version__} "
         f"| {MODEL_NAME} int8_dynamic cpu | {args.tokens} | {args.runs} "
         f"| {baseline.rate:.1f} | {stack.rate:.1f} | {ratio:.3f} "
+        f"| {api.rate:.1f} | {api_ratio:.3f} "
         f"| {fmt_seconds(stack.ttft)} | {fmt_seconds(info['stream_ttft'])} |"
     )
 
@@ -552,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             info["load_mid"] = os.getloadavg()[0]
             progress(f"measuring the whole stack (load average {info['load_mid']:.2f})")
             try:
-                stack, stack_info = measure_stack(
+                stack, api, stack_info = measure_stack(
                     user, entry, queue, var_dir, args.tokens, args.runs
                 )
             except Exception:
@@ -563,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             info.update(stack_info)
             info["load_after"] = os.getloadavg()[0]
-            report(args, layers, stack, info)
+            report(args, layers, stack, api, info)
         finally:
             from django.db import connections
 

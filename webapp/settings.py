@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "webapp.moderation",
     "webapp.jobs",
     "webapp.studio",
+    "webapp.api",
 ]
 
 MIDDLEWARE = [
@@ -193,6 +194,13 @@ ATELIER_JOB_ZIP_MAX_UNCOMPRESSED_BYTES = env_int(
     "ATELIER_JOB_ZIP_MAX_UNCOMPRESSED_BYTES", 200 * 1024 * 1024
 )
 ATELIER_JOB_ZIP_MAX_RATIO = env_int("ATELIER_JOB_ZIP_MAX_RATIO", 100)
+# --- The OpenAI-compatible API (/v1/) --------------------------------------------------
+# Whether users in no group that says otherwise may have API keys (admins always may).
+ATELIER_API_KEYS_FOR_EVERYONE = env_bool("ATELIER_API_KEYS_FOR_EVERYONE", True)
+# Largest JSON request body (bytes); files for the Batch API take ATELIER_JOB_MAX_UPLOAD_BYTES.
+ATELIER_API_MAX_BODY_BYTES = env_int("ATELIER_API_MAX_BODY_BYTES", 2 * 1024 * 1024)
+# Seconds between keep-alive comments of a stream waiting in the queue.
+ATELIER_API_KEEPALIVE_SECONDS = env_int("ATELIER_API_KEEPALIVE_SECONDS", 5)
 # --- One-shot pages (summarize, translate, classify an image) ---------------------------
 # Longest text one summary or translation takes (pasted or read from a file); longer
 # documents belong in a batch job.

@@ -16,5 +16,7 @@ urlpatterns = [
     path("jobs/", include("webapp.jobs.urls")),
     path("moderation/", include("webapp.moderation.urls")),
     path("studio/", include("webapp.studio.urls")),
+    path("api-keys/", include("webapp.api.page_urls")),
+    path("v1/", include("webapp.api.urls")),
     path("healthz", healthz),
 ]

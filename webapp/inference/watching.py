@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import weakref
 from typing import Any
@@ -42,7 +43,11 @@ class Watcher:
         self._subscribers.setdefault(generation_id, set()).add(queue)
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            # A context of its own: the process's one watcher outlives whichever client
+            # started it, and must not hold (say) the executor of a view that has returned.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
         return queue
 
     def unsubscribe(self, generation_id: int, queue: asyncio.Queue[WatchEvent | None]) -> None:

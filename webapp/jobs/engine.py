@@ -43,7 +43,10 @@ class JobStateError(Exception):
 
 
 def item_input(job: Job, item: JobItem) -> dict[str, Any]:
-    """A generation's input for one item (the worker's contract for each task)."""
+    """A generation's input for one item (the worker's contract for each task): an API
+    item carries its own."""
+    if item.request is not None:
+        return dict(item.request["input"])
     if job.task == JobTask.TRANSLATE:
         payload: dict[str, Any] = {"text": item.text, "target": job.options["target"]}
         if job.options.get("source"):
@@ -124,12 +127,15 @@ def _submit(job: Job, entry: ModelEntry, item: JobItem) -> Generation:
     """The item's generation, through the front door like any request: background priority,
     the document checked under the owner's content policy (recorded for review like a chat
     message). A retry checks it again: a reviewer may have allowed it meanwhile."""
+    request = item.request or {}
+    texts = request.get("screened", [item.text])
     return front_door.submit(
         job.user,
         model=entry,
         task=job.task,
         input=item_input(job, item),
-        screened=[front_door.Screened(item.text, job.task)],
+        params=request.get("params") or {},
+        screened=[front_door.Screened(text, job.task) for text in texts],
         priority=Priority.BACKGROUND,
     )
 
@@ -195,7 +201,15 @@ COUNTERS = {
 def _record_locked(job: Job, generation_id: int) -> bool:
     generation = (
         Generation.objects.filter(pk=generation_id)
-        .values("status", "output", "error", "finish_reason")
+        .values(
+            "status",
+            "output",
+            "error",
+            "finish_reason",
+            "result",
+            "prompt_tokens",
+            "completion_tokens",
+        )
         .first()
     )
     if generation is None or generation["status"] not in FINISHED:
@@ -218,6 +232,7 @@ def _outcome(generation: dict[str, Any], job_status: str) -> dict[str, Any]:
         return {
             "status": ItemStatus.DONE,
             "output": generation["output"],
+            "result": _item_result(generation),
             "error": "",
             "finished_at": now,
         }
@@ -235,7 +250,23 @@ def _outcome(generation: dict[str, Any], job_status: str) -> dict[str, Any]:
         message = generation["error"] or "The safety policy blocked it."
     else:
         message = generation["error"] or "The generation failed."
-    return {"status": ItemStatus.FAILED, "error": message, "finished_at": now}
+    return {
+        "status": ItemStatus.FAILED,
+        "error": message,
+        "result": _item_result(generation),
+        "finished_at": now,
+    }
+
+
+def _item_result(generation: dict[str, Any]) -> dict[str, Any]:
+    """What a done item keeps of its generation beyond the text (the API's batch output
+    reads it): why it ended, its token counts, its structured output."""
+    return {
+        "finish_reason": generation["finish_reason"],
+        "prompt_tokens": generation["prompt_tokens"],
+        "completion_tokens": generation["completion_tokens"],
+        "result": generation["result"],
+    }
 
 
 def refresh_counts(job_id: int) -> None:
@@ -349,6 +380,7 @@ def retry_failed(job: Job) -> int:
             generation=None,
             error="",
             output="",
+            result=None,
             finished_at=None,
             updated_at=timezone.now(),
         )

@@ -8,7 +8,7 @@ from django import forms
 
 from webapp.catalog.models import ModelEntry
 from webapp.jobs.inputs import Format, Inspection, TextMode
-from webapp.jobs.models import JobTask
+from webapp.jobs.models import DOCUMENT_TASKS, JobTask
 
 # The target languages offered (ISO 639-1). generation.languages.LANGUAGES is the full
 # list, but importing it loads torch, which the web process never does; a test checks
@@ -38,7 +38,9 @@ LENGTH_CHOICES = [("short", "Short"), ("medium", "Medium"), ("long", "Long")]
 
 
 class UploadForm(forms.Form):
-    task = forms.ChoiceField(choices=JobTask.choices, initial=JobTask.SUMMARIZE)
+    task = forms.ChoiceField(
+        choices=[(t.value, t.label) for t in DOCUMENT_TASKS], initial=JobTask.SUMMARIZE
+    )
     file = forms.FileField(
         help_text="CSV, JSON Lines (.jsonl), text (.txt, .md) or a .zip of .txt/.md files."
     )

@@ -1,4 +1,5 @@
-"""Batch jobs: a file of documents, each summarized or translated by one Generation."""
+"""Batch jobs: a file of documents, each summarized or translated by one Generation; or
+an API batch, each item one chat or embeddings request (`JobItem.request`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from django.db import models
 class JobTask(models.TextChoices):
     SUMMARIZE = "summarize"
     TRANSLATE = "translate"
+    CHAT = "chat"  # API batches (/v1/chat/completions requests)
+    EMBED = "embed"  # API batches (/v1/embeddings requests)
+
+
+# The tasks of jobs made from an uploaded file of documents (the Jobs page's form).
+DOCUMENT_TASKS = (JobTask.SUMMARIZE, JobTask.TRANSLATE)
 
 
 class JobStatus(models.TextChoices):
@@ -78,6 +85,11 @@ class JobItem(models.Model):
     index = models.PositiveIntegerField(help_text="Order in the input file, from 0.")
     external_id = models.CharField(max_length=500, help_text="The id the input file gave it.")
     text = models.TextField()
+    request = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='An API item\'s generation: {"input", "params", "screened": [texts]}.',
+    )
     status = models.CharField(max_length=10, choices=ItemStatus.choices, default=ItemStatus.PENDING)
     generation = models.ForeignKey(
         "inference.Generation",
@@ -88,6 +100,11 @@ class JobItem(models.Model):
         help_text="The item's current generation; its result is the item's.",
     )
     output = models.TextField(blank=True)
+    result = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Of a done item: finish reason, token counts, structured output.",
+    )
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Generations created for it.")
     updated_at = models.DateTimeField(auto_now=True)

@@ -1,8 +1,10 @@
 """Writes of the jobs app: keep an upload between the form's two steps, create a job from
-a parsed file, find a user's own jobs. The engine (engine.py) runs them."""
+a parsed file (or from ready-made requests, for the API's batches), find a user's own
+jobs. The engine (engine.py) runs them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -103,6 +105,61 @@ def create_job(
             batch_size=1000,
         )
         engine.refresh_counts(job.pk)
+        engine.dispatch(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+@dataclass(frozen=True)
+class Request:
+    """One item of a job whose items carry their own request (an API batch): its id, the
+    text shown for it, and the generation's input, params and screened texts."""
+
+    external_id: str
+    text: str
+    input: dict[str, Any]
+    params: dict[str, Any]
+    screened: list[str]
+
+
+def create_request_job(
+    *, user: User, model: ModelEntry, task: str, source_name: str, requests: list[Request]
+) -> Job:
+    """Store a job of ready-made requests (the Batch API's) and dispatch the first ones:
+    the same engine, bounds, exactly-once results and controls as a job of documents."""
+    front_door.check_can_generate(user, Priority.BACKGROUND)
+    if task not in (JobTask.CHAT, JobTask.EMBED):
+        raise ValueError(f"A job of requests is a chat or embed job, not {task!r}.")
+    if model.task != task:
+        raise ValueError(f"{model.name} is a {model.task} model, not a {task} model.")
+    with transaction.atomic():
+        job = Job.objects.create(
+            user=user,
+            model=model,
+            model_name=model.name,
+            task=task,
+            options={},
+            source_name=source_name[:255],
+            source_format="jsonl",
+            total=len(requests),
+        )
+        JobItem.objects.bulk_create(
+            [
+                JobItem(
+                    job=job,
+                    index=index,
+                    external_id=request.external_id[:500],
+                    text=request.text,
+                    request={
+                        "input": request.input,
+                        "params": request.params,
+                        "screened": request.screened,
+                    },
+                )
+                for index, request in enumerate(requests)
+            ],
+            batch_size=1000,
+        )
         engine.dispatch(job.pk)
     job.refresh_from_db()
     return job

@@ -146,6 +146,7 @@ def job_page(request: HttpRequest, job_id: int) -> HttpResponse:
             "page": page,
             "target_name": TARGET_LANGUAGES.get(job.options.get("target", ""), ""),
             "is_translate": job.task == JobTask.TRANSLATE,
+            "is_api": job.task in (JobTask.CHAT, JobTask.EMBED),
             "retryable": job.items.filter(status=ItemStatus.FAILED).exists(),
         },
     )
