@@ -9,12 +9,17 @@
   const input = $("input");
   const sendButton = $("send");
   const stopButton = $("stop");
+  const jumpButton = $("jump-latest");
+  const modelSettings = JSON.parse($("model-settings").textContent || "{}");
+  const remembered = JSON.parse($("remembered-settings").textContent || "null");
   let conversationId = chat.dataset.conversation ? Number(chat.dataset.conversation) : null;
   let socket = null;
   let retryDelay = 500;
   // The request waiting for "accepted": {reply: bubble, undo: function restoring the page}.
   let pending = null;
   const live = new Map(); // generation id -> {el, text, seq}
+  // Follow new text only while the reader is at the bottom of the conversation.
+  let following = true;
 
   function showError(text) {
     const line = $("error");
@@ -22,6 +27,36 @@
     line.hidden = !text;
   }
 
+  function hint(text) {
+    const line = $("busy-hint");
+    line.textContent = text;
+    line.hidden = !text;
+  }
+
+  // --- Scrolling that respects the reader -------------------------------------------
+  function atBottom() {
+    return messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
+  }
+
+  function toBottom() {
+    messages.scrollTop = messages.scrollHeight;
+    following = true;
+    jumpButton.hidden = true;
+  }
+
+  // New content arrived: keep up with it if the reader is following, else offer a jump.
+  function grew() {
+    if (following) messages.scrollTop = messages.scrollHeight;
+    else jumpButton.hidden = false;
+  }
+
+  messages.addEventListener("scroll", function () {
+    following = atBottom();
+    if (following) jumpButton.hidden = true;
+  }, { passive: true });
+  jumpButton.addEventListener("click", toBottom);
+
+  // --- Bubbles and their tools ------------------------------------------------------
   function bubble(role, text, before) {
     const hello = $("hello");
     if (hello) hello.remove();
@@ -31,19 +66,64 @@
     body.className = "body";
     body.textContent = text;
     el.appendChild(body);
-    if (role === "user") {
-      const source = document.createElement("textarea");
-      source.className = "source";
-      source.hidden = true;
-      source.value = text;
-      el.appendChild(source);
-    }
+    const source = document.createElement("textarea");
+    source.className = "source";
+    source.hidden = true;
+    source.value = text;
+    el.appendChild(source);
     const tools = document.createElement("div");
     tools.className = "tools";
     el.appendChild(tools);
     messages.insertBefore(el, before || null);
-    el.scrollIntoView({ block: "end" });
     return el;
+  }
+
+  function sourceOf(el) {
+    const source = el.querySelector(".source");
+    return source ? source.value : el.querySelector(".body").textContent;
+  }
+
+  // A copy button on the message (the text as written: markdown for a reply).
+  function addCopy(el) {
+    const tools = el.querySelector(".tools");
+    if (!tools || tools.querySelector(".copy-message")) return;
+    const button = window.Atelier.copyButton("copy-message", "Copy the message", function () {
+      return sourceOf(el);
+    });
+    const stamp = tools.querySelector(".stamp");
+    tools.insertBefore(button, stamp);
+  }
+
+  function clock(iso) {
+    const when = new Date(iso);
+    const today = new Date();
+    const sameDay = when.toDateString() === today.toDateString();
+    const time = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return sameDay ? time : when.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + time;
+  }
+
+  // "14:02 · 0.4 s to first token · 23.1 tokens/s", from the reply's recorded timings.
+  function fillStamp(stamp) {
+    const parts = [clock(stamp.dataset.written)];
+    if (stamp.dataset.ttft) parts.push(Number(stamp.dataset.ttft).toFixed(1) + " s to first token");
+    if (stamp.dataset.speed) parts.push(Number(stamp.dataset.speed).toFixed(1) + " tokens/s");
+    stamp.textContent = parts.join(" · ");
+    stamp.title = "Written " + new Date(stamp.dataset.written).toLocaleString();
+  }
+
+  function setStamp(el, timings) {
+    if (!timings || !timings.written_at) return;
+    const tools = el.querySelector(".tools");
+    let stamp = tools.querySelector(".stamp");
+    if (!stamp) {
+      stamp = document.createElement("span");
+      stamp.className = "stamp";
+      tools.appendChild(stamp);
+    }
+    stamp.dataset.written = timings.written_at;
+    if (timings.first_token_seconds !== null) stamp.dataset.ttft = timings.first_token_seconds;
+    if (timings.tokens_per_second !== null) stamp.dataset.speed = timings.tokens_per_second;
+    fillStamp(stamp);
   }
 
   // The ‹ i/n › control and the Edit / Regenerate button of a message bubble.
@@ -83,11 +163,13 @@
     action.className = "link " + (el.classList.contains("user") ? "edit" : "regenerate");
     action.textContent = el.classList.contains("user") ? "Edit" : "Regenerate";
     tools.appendChild(action);
+    addCopy(el);
   }
 
   function setBusy(busy) {
     sendButton.hidden = busy;
     stopButton.hidden = !busy;
+    if (!busy) hint("");
   }
 
   function note(el, text, warn) {
@@ -109,22 +191,86 @@
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
   }
 
+  // --- Model and settings -----------------------------------------------------------
+  function setRange(id, value) {
+    $(id).value = value;
+    $(id + "-value").textContent = $(id).value;
+  }
+
+  function applySettings(values) {
+    if (!values) return;
+    if (values.temperature !== undefined) setRange("temperature", values.temperature);
+    if (values.top_p !== undefined) setRange("top-p", values.top_p);
+    if (values.repetition_penalty !== undefined) setRange("repetition-penalty", values.repetition_penalty);
+    if (values.max_tokens !== undefined) $("max-tokens").value = values.max_tokens;
+  }
+
+  // The picker tells about the chosen model: its description, its defaults, and whether
+  // it takes a system prompt.
+  function describeModel() {
+    const about = modelSettings[$("model").value];
+    if (!about) {
+      $("model-about").textContent = "";
+      return null;
+    }
+    const defaults = "defaults: temperature " + about.temperature + ", top p " + about.top_p +
+      ", up to " + about.max_tokens + " tokens" +
+      (about.repetition_penalty !== 1 ? ", repetition penalty " + about.repetition_penalty : "");
+    $("model-about").textContent = (about.description ? about.description + " · " : "") + defaults;
+    $("system-label").hidden = !about.system_prompt;
+    $("no-system").hidden = about.system_prompt;
+    return about;
+  }
+
+  $("model").addEventListener("change", function () {
+    applySettings(describeModel()); // another model: its own defaults
+  });
+  $("reset-settings").addEventListener("click", function () {
+    applySettings(modelSettings[$("model").value]);
+  });
+  ["temperature", "top-p", "repetition-penalty"].forEach(function (id) {
+    $(id).addEventListener("input", function () { $(id + "-value").textContent = this.value; });
+  });
+  applySettings(describeModel());
+  applySettings(remembered); // this conversation's latest reply's settings
+
   function sampling() {
     const model = $("model").value;
+    const about = modelSettings[model];
     return {
       model: model ? Number(model) : null,
       temperature: Number($("temperature").value),
+      top_p: Number($("top-p").value),
+      repetition_penalty: Number($("repetition-penalty").value),
       max_tokens: Number($("max-tokens").value),
+      about: about,
     };
   }
 
+  function frameWith(frame, withSystem) {
+    const params = sampling();
+    const about = params.about;
+    delete params.about;
+    if (withSystem && (!about || about.system_prompt)) frame.system = $("system").value;
+    return Object.assign(frame, params);
+  }
+
+  // --- Sending ----------------------------------------------------------------------
+  function busy() {
+    return !!pending || live.size > 0;
+  }
+
   function ready() {
-    if (pending || live.size > 0) return false;
+    if (busy()) {
+      hint("A reply is still being written: wait for it to finish, or press Esc (or Stop) to end it.");
+      return false;
+    }
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       showError("Not connected yet; try again in a moment.");
       return false;
     }
     showError("");
+    hint("");
     return true;
   }
 
@@ -132,18 +278,57 @@
   function adoptConversation(event) {
     if (event.created_conversation) {
       conversationId = event.conversation;
+      chat.dataset.conversation = String(event.conversation);
       history.replaceState(null, "", "/chat/" + event.conversation + "/");
       const list = $("conversations");
       const empty = list.querySelector(".empty");
       if (empty) empty.remove();
+      list.querySelectorAll("li.current").forEach((li) => li.classList.remove("current"));
       const li = document.createElement("li");
       li.className = "current";
+      li.dataset.conversation = String(event.conversation);
       const a = document.createElement("a");
       a.href = "/chat/" + event.conversation + "/";
       a.textContent = event.title;
       li.appendChild(a);
       list.prepend(li);
+      document.title = event.title + " · Atelier";
+      chat.dataset.titleSource = "auto";
     }
+  }
+
+  // The model writes the title after the first reply: show it when it arrives.
+  function awaitTitle() {
+    if (!conversationId || chat.dataset.titleSource !== "auto") return;
+    if (messages.querySelectorAll(".msg.assistant").length !== 1) return;
+    const id = conversationId;
+    let tries = 0;
+    const look = function () {
+      if (id !== conversationId || tries++ > 30) return;
+      fetch("/chat/" + id + "/title/", { headers: { Accept: "application/json" } })
+        .then((response) => (response.ok ? response.json() : null))
+        .then(function (found) {
+          if (!found) return;
+          if (found.source === "auto") {
+            setTimeout(look, 2000);
+            return;
+          }
+          chat.dataset.titleSource = found.source;
+          showTitle(found.title);
+        })
+        .catch(function () { setTimeout(look, 4000); });
+    };
+    setTimeout(look, 1500);
+  }
+
+  function showTitle(title) {
+    document.title = title + " · Atelier";
+    const heading = $("conversation-title");
+    if (heading) heading.textContent = title;
+    const rename = document.querySelector(".rename input[name=title]");
+    if (rename) rename.value = title;
+    const entry = document.querySelector('#conversations a[href="/chat/' + conversationId + '/"]');
+    if (entry) entry.textContent = title;
   }
 
   // The message was stored but blocked by the content policy: no reply comes.
@@ -182,6 +367,34 @@
     pending = null;
   }
 
+  function onDone(state, event) {
+    const el = state.el;
+    note(el, "");
+    el.querySelector(".body").innerHTML = event.html; // rendered and sanitized on the server
+    el.querySelector(".source").value = event.text || "";
+    window.Atelier.decorate(el);
+    el.classList.remove("streaming");
+    el.dataset.status = event.status;
+    if (event.status === "stopped" || event.status === "failed" || event.status === "blocked") {
+      const meta = document.createElement("div");
+      meta.className = "meta" + (event.status === "stopped" ? "" : " error");
+      meta.textContent =
+        event.status === "failed" ? event.error
+        : event.status === "blocked" ? "blocked by the content policy" : "stopped";
+      el.insertBefore(meta, el.querySelector(".tools"));
+    }
+    if (event.finish_reason === "input_blocked") {
+      // A moderation model on the worker blocked the message itself.
+      const user = el.previousElementSibling;
+      if (user && user.classList.contains("user")) user.classList.add("blocked");
+    }
+    setStamp(el, event.timings);
+    live.delete(event.generation);
+    if (live.size === 0) setBusy(false);
+    grew();
+    if (event.status === "done") awaitTitle();
+  }
+
   function onEvent(event) {
     if (event.type === "accepted") return onAccepted(event);
     if (event.type === "blocked") return onBlocked(event);
@@ -206,7 +419,7 @@
       if (!state.text) note(state.el, "");
       state.text += event.text;
       body.textContent = state.text;
-      state.el.scrollIntoView({ block: "end" });
+      grew();
     } else if (event.type === "status") {
       state.el.dataset.status = event.status;
       if (event.status === "requeued") {
@@ -216,25 +429,7 @@
         note(state.el, "The worker stopped unexpectedly; starting this reply again…", true);
       }
     } else if (event.type === "done") {
-      note(state.el, "");
-      body.innerHTML = event.html; // rendered and sanitized on the server
-      state.el.classList.remove("streaming");
-      state.el.dataset.status = event.status;
-      if (event.status === "stopped" || event.status === "failed" || event.status === "blocked") {
-        const meta = document.createElement("div");
-        meta.className = "meta" + (event.status === "stopped" ? "" : " error");
-        meta.textContent =
-          event.status === "failed" ? event.error
-          : event.status === "blocked" ? "blocked by the content policy" : "stopped";
-        state.el.insertBefore(meta, state.el.querySelector(".tools"));
-      }
-      if (event.finish_reason === "input_blocked") {
-        // A moderation model on the worker blocked the message itself.
-        const user = state.el.previousElementSibling;
-        if (user && user.classList.contains("user")) user.classList.add("blocked");
-      }
-      live.delete(event.generation);
-      if (live.size === 0) setBusy(false);
+      onDone(state, event);
     }
   }
 
@@ -275,6 +470,7 @@
   function startExchange(content, restore) {
     const user = bubble("user", content);
     const reply = startReply();
+    toBottom();
     pending = {
       reply: reply,
       undo: function () {
@@ -292,12 +488,7 @@
     startExchange(content, function () {
       input.value = content;
     });
-    send(Object.assign({
-      type: "message",
-      conversation: conversationId,
-      content: content,
-      system: $("system").value,
-    }, sampling()));
+    send(frameWith({ type: "message", conversation: conversationId, content: content }, true));
     input.value = "";
   });
 
@@ -312,7 +503,7 @@
         old.classList.remove("hidden-while-pending");
       },
     };
-    send(Object.assign({ type: "regenerate", message: Number(old.dataset.message) }, sampling()));
+    send(frameWith({ type: "regenerate", message: Number(old.dataset.message) }, false));
   }
 
   function openEditor(el) {
@@ -353,12 +544,7 @@
       startExchange(content, function () {
         hidden.forEach((node) => node.classList.remove("hidden-while-pending"));
       });
-      send(Object.assign({
-        type: "edit",
-        message: Number(el.dataset.message),
-        content: content,
-        system: $("system").value,
-      }, sampling()));
+      send(frameWith({ type: "edit", message: Number(el.dataset.message), content: content }, true));
     });
   }
 
@@ -371,34 +557,81 @@
     else if (target.classList.contains("edit")) openEditor(el);
   });
 
+  // ‹ 1/2 ›: show another version without reloading the page (settings, drafts and
+  // scroll stay); the form posts as before when scripts are off.
+  messages.addEventListener("submit", function (e) {
+    const form = e.target;
+    if (!(form instanceof HTMLFormElement) || !form.classList.contains("branch-nav")) return;
+    e.preventDefault();
+    if (busy()) {
+      hint("Wait for the reply to finish (or stop it with Esc) before switching versions.");
+      return;
+    }
+    const body = new FormData(form);
+    if (e.submitter && e.submitter.name) body.set(e.submitter.name, e.submitter.value);
+    const keep = messages.scrollTop;
+    fetch(form.action, { method: "POST", body: body, credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.text();
+      })
+      .then(function (html) {
+        const page = new DOMParser().parseFromString(html, "text/html");
+        const shown = page.getElementById("messages");
+        if (!shown) throw new Error("no messages in the page");
+        messages.replaceChildren(...Array.from(shown.childNodes).map((n) => document.importNode(n, true)));
+        prepare(messages);
+        messages.scrollTop = keep;
+        following = atBottom();
+      })
+      .catch(function () {
+        showError("Could not switch versions; reload the page to try again.");
+      });
+  });
+
   input.addEventListener("keydown", function (e) {
+    // An input method composing a word (Chinese, Japanese, ...) uses Enter to confirm it.
+    if (e.isComposing || e.keyCode === 229) return;
     if (e.key === "Enter" && !e.shiftKey) {
       e.preventDefault();
       $("composer").requestSubmit();
     }
   });
 
-  stopButton.addEventListener("click", function () {
+  function stopAll() {
     live.forEach(function (_state, generation) {
       send({ type: "stop", generation: generation });
     });
+  }
+  stopButton.addEventListener("click", stopAll);
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "Escape" || e.isComposing || live.size === 0) return;
+    if (document.body.classList.contains("drawer-open")) return; // Esc closes the drawer first
+    e.preventDefault();
+    stopAll();
+    hint("Stopping…");
   });
 
-  $("temperature").addEventListener("input", function () {
-    $("temperature-value").textContent = this.value;
-  });
+  // Bubbles rendered by the server: copy buttons, stamps, and the replies that were
+  // still being written when the page was rendered, streamed from where they are.
+  function prepare(container) {
+    window.Atelier.decorate(container);
+    container.querySelectorAll(".msg[data-message]").forEach(addCopy);
+    container.querySelectorAll(".stamp[data-written]").forEach(fillStamp);
+    container.querySelectorAll(".msg.assistant[data-generation]").forEach(function (el) {
+      const status = el.dataset.status;
+      if (status === "queued" || status === "running") {
+        const generation = Number(el.dataset.generation);
+        el.querySelector(".body").textContent = "";
+        el.classList.add("streaming");
+        live.set(generation, { el: el, text: "", seq: 0 });
+        setBusy(true);
+        send({ type: "subscribe", generation: generation, after: 0 });
+      }
+    });
+  }
 
-  // Replies that were still being written when the page was rendered: stream them.
-  document.querySelectorAll(".msg.assistant[data-generation]").forEach(function (el) {
-    const status = el.dataset.status;
-    if (status === "queued" || status === "running") {
-      el.querySelector(".body").textContent = "";
-      live.set(Number(el.dataset.generation), { el: el, text: "", seq: 0 });
-      el.classList.add("streaming");
-      setBusy(true);
-    }
-  });
-
+  prepare(messages);
   connect();
-  messages.lastElementChild && messages.lastElementChild.scrollIntoView({ block: "end" });
+  toBottom();
 })();

@@ -142,12 +142,16 @@ def finished_exchange(page: Page, question: str, other_than: str | None = None) 
 def choose_version(
     page: Page, role: str, direction: str, *, place: str, reply: str, conversation: Rows
 ) -> None:
-    """Click the previous or next arrow on the message's branch control: the page reloads on
-    that branch, which shows the message at `place` ("1/2"), the generation `reply` and the
-    text `conversation`; an arrow is disabled at either end."""
+    """Click the previous or next arrow on the message's branch control: the page shows
+    that branch without reloading (the message at `place` ("1/2"), the generation `reply`
+    and the text `conversation`); an arrow is disabled at either end."""
     title = "Previous version" if direction == "previous" else "Next version"
-    with page.expect_navigation():
-        page.click(f".msg.{role} .branch-nav button[title='{title}']")
+    page.evaluate("window.__samePage = true")
+    page.click(f".msg.{role} .branch-nav button[title='{title}']")
+    page.wait_for_function(
+        f"document.querySelector('.msg.{role} .branch-count')?.textContent === '{place}'"
+    )
+    assert page.evaluate("window.__samePage === true"), "switched without reloading the page"
     wait_connected(page)
     assert page.inner_text(f".msg.{role} .branch-count") == place
     assert page.get_attribute(".msg.assistant", "data-generation") == reply

@@ -66,6 +66,17 @@
         const names = JSON.parse($("language-names").textContent);
         detected.textContent = (names[event.result.source] || event.result.source) + " (detected)";
       }
+      // A "translation" that is the text it was given: say so (the server does on reload).
+      const doubtful = $("doubtful");
+      const given = $("input-text");
+      if (doubtful && given && event.status === "done" && typeof event.text === "string") {
+        const same = (t) => t.split(/\s+/).join(" ").trim().toLowerCase();
+        const sameLanguage = event.result && event.result.source && event.result.source === event.result.target;
+        if (same(event.text) === same(given.textContent) || sameLanguage) {
+          doubtful.textContent = sameLanguage ? doubtful.dataset.sameLanguage : doubtful.dataset.unchanged;
+          doubtful.hidden = false;
+        }
+      }
       if ($("labels")) {
         if (event.result && event.result.labels) renderLabels(event.result.labels);
         else if (event.status === "done") location.reload(); // the labels are on the page

@@ -1,3 +1,4 @@
+import re
 from typing import Any
 
 import pytest
@@ -81,7 +82,8 @@ def test_model_output_can_never_inject_html() -> None:
     assert "<script" not in html and "<img" not in html and "<iframe" not in html
     assert "href=" not in html  # the javascript: link is not made a link; it stays inert text
     assert "&lt;img src=x onerror=" in html  # raw HTML is shown as text, escaped
-    assert "&lt;b&gt;code&lt;/b&gt;" in html  # code blocks show markup as text
+    # Code blocks show markup as text (highlighted: the text between the spans).
+    assert "<b>" not in html and "&lt;b&gt;code&lt;/b&gt;" in re.sub(r"<[^>]+>", "", html)
     assert "<pre><code" in html
 
 
@@ -90,7 +92,8 @@ def test_markdown_renders_code_blocks_lists_and_safe_links() -> None:
         "**bold**\n\n- a\n- b\n\n```python\nprint(1)\n```\n\n[docs](https://example.org)"
     )
     assert "<strong>bold</strong>" in html and "<li>a</li>" in html
-    assert 'class="language-python"' in html
+    assert '<span class="code-lang">python</span>' in html  # labelled and highlighted
+    assert '<span class="nb">print</span>' in html
     assert 'href="https://example.org"' in html and "noopener" in html
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group
 
+from generation.specs import SamplingParams
 from tests.conftest import DIRECT_QUEUE
 from webapp.catalog.models import ModelEntry
 from webapp.inference import dispatch, front_door
@@ -48,7 +50,9 @@ def test_an_accepted_request_is_queued_on_its_models_queue_and_wakes_a_worker(
     generation = submit(alice, params={"temperature": 0})
     assert generation.status == Status.QUEUED and generation.queue == DIRECT_QUEUE
     assert generation.model == chat_model and generation.model_name == chat_model.name
-    assert generation.params == {"temperature": 0}
+    # Complete: what the request set, then the model's defaults (none here), then Atelier's.
+    full = SamplingParams(temperature=0, max_new_tokens=settings.ATELIER_DEFAULT_MAX_TOKENS)
+    assert generation.params == full.to_dict()
     assert generation.priority == Priority.INTERACTIVE
     assert dispatch.waiting_messages(DIRECT_QUEUE) == waiting + 1  # woken on commit
 

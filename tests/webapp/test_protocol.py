@@ -24,14 +24,15 @@ def test_valid_messages_parse() -> None:
         {"type": "message", "content": "hi", "temperature": 0, "max_tokens": 5}
     )
     assert isinstance(send, SendMessage)
-    assert send.params.temperature == 0 and send.params.max_new_tokens == 5
+    # Only what the frame sets: the front door fills the rest from the model's defaults.
+    assert send.params == {"temperature": 0.0, "max_new_tokens": 5}
     assert send.conversation is None and send.model is None
     assert parse_client_message({"type": "subscribe", "generation": 3, "after": 7}) == Subscribe(
         3, 7
     )
     assert parse_client_message({"type": "stop", "generation": 3}) == Stop(3)
     with_stops = parse_client_message({"type": "message", "content": "hi", "stop": ["###"]})
-    assert isinstance(with_stops, SendMessage) and with_stops.params.stop == ("###",)
+    assert isinstance(with_stops, SendMessage) and with_stops.params == {"stop": ["###"]}
 
 
 @pytest.mark.parametrize(

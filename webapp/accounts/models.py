@@ -12,8 +12,15 @@ class Role(models.TextChoices):
     PENDING = "pending", "Pending approval"
 
 
+class Theme(models.TextChoices):
+    SYSTEM = "system", "Follow the system"
+    LIGHT = "light", "Light"
+    DARK = "dark", "Dark"
+
+
 class User(AbstractUser):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.PENDING)
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
 
     def save(self, *args: object, **kwargs: object) -> None:
         # The admin role is what grants Django admin access; keep the flags in step.

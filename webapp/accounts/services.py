@@ -7,8 +7,9 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 
-from webapp.accounts.models import GroupLimits, Role, User
+from webapp.accounts.models import GroupLimits, Role, Theme, User
 
 
 def sign_up(username: str, password: str, email: str = "") -> User:
@@ -26,6 +27,30 @@ def approve(users: Iterable[User]) -> int:
                 user.save(update_fields=["role"])
                 changed += 1
     return changed
+
+
+def waiting_for_approval() -> QuerySet[User]:
+    """Accounts that signed up and wait for an admin (refused ones are disabled)."""
+    return User.objects.filter(role=Role.PENDING, is_active=True).order_by("date_joined")
+
+
+def refuse(users: Iterable[User]) -> int:
+    """Refuse pending sign-ups: the accounts are disabled (kept, so that an admin can
+    still approve one later in Admin → Users); returns how many changed."""
+    changed = 0
+    with transaction.atomic():
+        for user in users:
+            if user.role == Role.PENDING and user.is_active:
+                user.is_active = False
+                user.save(update_fields=["is_active"])
+                changed += 1
+    return changed
+
+
+def set_theme(user: User, theme: str) -> None:
+    """Remember the user's colour theme; ValueError for one that does not exist."""
+    user.theme = Theme(theme)
+    user.save(update_fields=["theme"])
 
 
 def ensure_admin(username: str, password: str | None) -> tuple[User, str | None]:

@@ -7,6 +7,8 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="accounts/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", views.signup, name="signup"),
+    path("theme/", views.theme, name="theme"),
+    path("approvals/", views.approvals, name="approvals"),
     path(
         "password/",
         auth_views.PasswordChangeView.as_view(

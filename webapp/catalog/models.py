@@ -9,7 +9,16 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
 
-from generation.specs import Backend, Device, ModelSpec, Quantization, Task, looks_like_path
+from generation.specs import (
+    MAX_NEW_TOKENS_LIMIT,
+    REPETITION_PENALTY_RANGE,
+    Backend,
+    Device,
+    ModelSpec,
+    Quantization,
+    Task,
+    looks_like_path,
+)
 
 
 def _choices(
@@ -63,6 +72,39 @@ class ModelEntry(models.Model):
             "at a time). Empty: the device's default (16 on CPU, 32 on CUDA)."
         ),
     )
+    # Sampling defaults for requests that do not set their own (empty: Atelier's own).
+    default_temperature = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(2.0)],
+        help_text="0 to 2 (0 is greedy). Empty: 0.7.",
+    )
+    default_top_p = models.FloatField(
+        "default top_p",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
+        help_text="Above 0, at most 1. Empty: 0.95.",
+    )
+    default_max_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_NEW_TOKENS_LIMIT)],
+        help_text="Longest reply. Empty: ATELIER_DEFAULT_MAX_TOKENS (512).",
+    )
+    default_repetition_penalty = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(REPETITION_PENALTY_RANGE[0]),
+            MaxValueValidator(REPETITION_PENALTY_RANGE[1]),
+        ],
+        help_text="1 (none) to 2; small models often need 1.1 to 1.3 to stop repeating. Empty: 1.",
+    )
+    takes_system_prompt = models.BooleanField(
+        default=True,
+        help_text="Untick for models that ignore one (a character-level RNN continues text).",
+    )
     benchmark = models.JSONField(
         null=True,
         blank=True,
@@ -103,6 +145,16 @@ class ModelEntry(models.Model):
         if self.max_batch:
             return self.max_batch
         return DEFAULT_MAX_BATCH.get(Device(device), DEFAULT_MAX_BATCH[Device.CPU])
+
+    def sampling_defaults(self) -> dict[str, float | int]:
+        """The sampling parameters this entry sets, under SamplingParams' names."""
+        values = {
+            "temperature": self.default_temperature,
+            "top_p": self.default_top_p,
+            "max_new_tokens": self.default_max_tokens,
+            "repetition_penalty": self.default_repetition_penalty,
+        }
+        return {name: value for name, value in values.items() if value is not None}
 
     def spec(self) -> ModelSpec:
         return ModelSpec(

@@ -14,6 +14,7 @@ from webapp.chat.services import conversations_for, visible_path
 from webapp.chat.titles import TITLE_TASK
 from webapp.inference import services as inference
 from webapp.inference.models import Generation
+from webapp.inference.relay import timings_of
 from webapp.moderation import services as moderation
 
 EXPORT_FORMAT = "atelier.conversation"
@@ -76,8 +77,14 @@ def _turns(conversation: Conversation) -> list[dict[str, Any]]:
             "created_at": message.created_at.isoformat(),
         }
         if message.generation is not None:
+            # A reply was written when its generation finished, not when it was asked for.
+            timings = timings_of(message.generation)
+            turn["created_at"] = timings["written_at"] or turn["created_at"]
             turn["model"] = message.generation.model_name
             turn["status"] = message.generation.status
+            turn["first_token_seconds"] = timings["first_token_seconds"]
+            turn["tokens_per_second"] = timings["tokens_per_second"]
+            turn["completion_tokens"] = message.generation.completion_tokens
         turns.append(turn)
     return turns
 
@@ -103,8 +110,19 @@ def export_markdown(conversation: Conversation) -> str:
         lines += ["**System prompt:**", "", conversation.system_prompt, ""]
     for turn in _turns(conversation):
         who = "User" if turn["role"] == Role.USER else f"Assistant ({turn.get('model', 'model')})"
-        lines += [f"## {who}", "", turn["content"], ""]
+        lines += [f"## {who}", "", f"*{_when(turn)}*", "", turn["content"], ""]
     return "\n".join(lines)
+
+
+def _when(turn: dict[str, Any]) -> str:
+    """When a turn was written, and for a reply how fast: "2026-01-02 14:03 UTC · 0.4 s to
+    first token · 23.1 tokens/s"."""
+    parts = [turn["created_at"][:16].replace("T", " ") + " UTC"]
+    if turn.get("first_token_seconds") is not None:
+        parts.append(f"{turn['first_token_seconds']:.1f} s to first token")
+    if turn.get("tokens_per_second") is not None:
+        parts.append(f"{turn['tokens_per_second']:.1f} tokens/s")
+    return " · ".join(parts)
 
 
 IMPORT_TASK = "chat_import"  # how imported text is named in moderation records

@@ -12,6 +12,10 @@ from django.conf import settings
 
 from generation.specs import MAX_NEW_TOKENS_LIMIT, SamplingParams
 
+# The sampling parameters a client set, validated, under SamplingParams' names; the front
+# door fills the others from the model's defaults.
+Params = dict[str, Any]
+
 
 class ProtocolError(Exception):
     def __init__(self, code: str, message: str) -> None:
@@ -26,14 +30,14 @@ class SendMessage:
     conversation: int | None
     model: int | None
     system: str | None
-    params: SamplingParams
+    params: Params
 
 
 @dataclass(frozen=True)
 class Regenerate:
     message: int  # the assistant message to put a sibling beside
     model: int | None
-    params: SamplingParams
+    params: Params
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Edit:
     content: str
     model: int | None
     system: str | None
-    params: SamplingParams
+    params: Params
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def _text(value: str, field: str) -> str:
     return value
 
 
-PARAMS = {"model", "temperature", "top_p", "max_tokens", "seed", "stop"}
+PARAMS = {"model", "temperature", "top_p", "max_tokens", "seed", "stop", "repetition_penalty"}
 FIELDS = {
     "message": {"type", "content", "conversation", "system", *PARAMS},
     "regenerate": {"type", "message", *PARAMS},
@@ -193,36 +197,44 @@ def _parse_system(frame: dict[str, Any]) -> str | None:
     return system
 
 
-def _parse_params(frame: dict[str, Any]) -> SamplingParams:
-    max_tokens = frame.get("max_tokens", settings.ATELIER_DEFAULT_MAX_TOKENS)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise ProtocolError("bad_field", "'max_tokens' must be an integer.")
-    seed = frame.get("seed")
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32
+def _parse_params(frame: dict[str, Any]) -> Params:
+    """The sampling fields the frame sets (checked as SamplingParams would check them)."""
+    given: Params = {}
+    for field, name in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("repetition_penalty", "repetition_penalty"),
     ):
-        raise ProtocolError("bad_field", "'seed' must be an integer between 0 and 2^32-1.")
-    stop = frame.get("stop", [])
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise ProtocolError("bad_field", "'stop' must be a list of strings.")
-    for text in stop:
-        _text(text, "stop")
-        if len(text) > MAX_STOP_CHARS:
-            raise ProtocolError(
-                "too_long", f"A stop string is limited to {MAX_STOP_CHARS} characters."
-            )
+        if frame.get(field) is not None:
+            given[name] = _number(frame[field], field, 0.0)
+    if "max_tokens" in frame:
+        max_tokens = frame["max_tokens"]
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise ProtocolError("bad_field", "'max_tokens' must be an integer.")
+        given["max_new_tokens"] = max_tokens
+    seed = frame.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ProtocolError("bad_field", "'seed' must be an integer between 0 and 2^32-1.")
+        given["seed"] = seed
+    if "stop" in frame:
+        stop = frame["stop"]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise ProtocolError("bad_field", "'stop' must be a list of strings.")
+        for text in stop:
+            _text(text, "stop")
+            if len(text) > MAX_STOP_CHARS:
+                raise ProtocolError(
+                    "too_long", f"A stop string is limited to {MAX_STOP_CHARS} characters."
+                )
+        given["stop"] = list(stop)
     try:
-        return SamplingParams(
-            temperature=_number(frame.get("temperature"), "temperature", 0.7),
-            top_p=_number(frame.get("top_p"), "top_p", 0.95),
-            max_new_tokens=max_tokens,
-            seed=seed,
-            stop=tuple(stop),
-        )
+        SamplingParams.from_dict(given)
     except ValueError as exc:
         raise ProtocolError(
             "out_of_range", f"{exc} (max_tokens at most {MAX_NEW_TOKENS_LIMIT})."
         ) from None
+    return given
 
 
 def _parse_send(frame: dict[str, Any]) -> SendMessage:

@@ -17,6 +17,7 @@ from generation.prompts import ChatTurn
 from generation.specs import SamplingParams, Task
 from webapp.accounts.models import User
 from webapp.chat.models import Conversation, Message, Role, TitleSource
+from webapp.chat.titles import provisional_title
 from webapp.inference import front_door
 from webapp.inference.models import INPUT_BLOCKED, Generation, Status
 from webapp.inference.refusals import InputBlocked, Refused
@@ -149,8 +150,7 @@ def select_branch(user: User, message_id: int) -> Conversation:
 
 
 def _title_from(content: str) -> str:
-    line = " ".join(content.split())
-    return line[:60] + ("…" if len(line) > 60 else "")
+    return provisional_title(content)
 
 
 def _start_reply(
@@ -158,7 +158,7 @@ def _start_reply(
     conversation: Conversation,
     user_message: Message,
     model_id: int | None,
-    params: SamplingParams,
+    params: SamplingParams | dict[str, Any],
     screened: list[front_door.Screened],
     history: list[Message] | None = None,
 ) -> Message:
@@ -179,7 +179,7 @@ def _start_reply(
         model=model_id,
         task=Task.CHAT,
         input={"system": conversation.system_prompt, "messages": turns},
-        params=params.to_dict(),
+        params=params.to_dict() if isinstance(params, SamplingParams) else dict(params),
         screened=screened,
     )
     reply = Message.objects.create(
@@ -216,7 +216,7 @@ def _reply_or_blocked(
     user_message: Message,
     created: bool,
     model_id: int | None,
-    params: SamplingParams,
+    params: SamplingParams | dict[str, Any],
     screened: list[front_door.Screened],
     history: list[Message] | None = None,
 ) -> Message | MessageBlocked:
@@ -263,7 +263,7 @@ def post_message(
     conversation_id: int | None,
     model_id: int | None,
     system: str | None,
-    params: SamplingParams,
+    params: SamplingParams | dict[str, Any],
 ) -> Posted:
     """Store the user's message after the visible branch and queue the assistant's reply.
 
@@ -300,7 +300,7 @@ def post_message(
 
 
 def regenerate(
-    user: User, *, message_id: int, model_id: int | None, params: SamplingParams
+    user: User, *, message_id: int, model_id: int | None, params: SamplingParams | dict[str, Any]
 ) -> Posted:
     """A new reply beside an assistant message (a sibling), from the same history."""
     with transaction.atomic():
@@ -320,7 +320,7 @@ def edit(
     content: str,
     model_id: int | None,
     system: str | None,
-    params: SamplingParams,
+    params: SamplingParams | dict[str, Any],
 ) -> Posted:
     """A new version of a user message (a sibling of it: a new branch) and a reply to it.
     The original message and everything after it stay, one branch away. The new version

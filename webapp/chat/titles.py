@@ -17,6 +17,15 @@ from webapp.inference.refusals import Refused
 
 TITLE_TASK = "chat_title"
 MAX_TITLE_CHARS = 60
+MAX_TITLE_WORDS = 6
+# Words a title does not end on ("Python function that" reads as cut off).
+DANGLING = frozenset({
+    "a", "an", "the", "and", "or", "but", "nor", "of", "to", "in", "on", "at", "by", "for",
+    "from", "with", "into", "about", "as", "than", "that", "which", "who", "whom", "whose",
+    "this", "these", "those", "is", "are", "was", "were", "be", "been", "being", "it", "its",
+    "your", "my", "our", "their", "his", "her", "if", "when", "while", "so", "because", "how",
+    "what",
+})  # fmt: skip
 QUOTES = "\"'\u201c\u201d\u2018\u2019"  # straight and curly quotes
 PROMPT = (
     "Write a short title, at most six words, for a conversation that begins like this.\n\n"
@@ -60,11 +69,37 @@ def request_title(reply: Generation) -> Generation | None:
 
 
 def clean_title(text: str) -> str:
-    """The first line, without quotes, a 'Title:' label or trailing punctuation."""
+    """A short, whole title from what the model wrote: its first line and first sentence,
+    without quotes, markup, a 'Title:' label or trailing punctuation, at most
+    MAX_TITLE_WORDS words and MAX_TITLE_CHARS characters, never cut inside a word and not
+    ending on a word like "that" or "the"."""
     line = next((line for line in text.splitlines() if line.strip()), "")
     line = re.sub(r"^\s*(title\s*:\s*)", "", line, flags=re.IGNORECASE)
-    line = " ".join(line.replace("*", "").split()).strip(QUOTES + " .")
-    return line[:MAX_TITLE_CHARS].rstrip()
+    line = " ".join(re.sub(r"[*_`#]", "", line).split())
+    line = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]  # the first sentence
+    return whole_words(line.strip(QUOTES + " .:;,!?"), MAX_TITLE_WORDS, MAX_TITLE_CHARS)
+
+
+def whole_words(text: str, max_words: int, max_chars: int) -> str:
+    """The first words of `text` that fit both limits, without dangling ones at the end."""
+    words: list[str] = []
+    for word in text.split()[:max_words]:
+        if len(" ".join([*words, word])) > max_chars:
+            break
+        words.append(word)
+    while len(words) > 1 and words[-1].lower().strip(QUOTES + ",;:") in DANGLING:
+        words.pop()
+    return " ".join(words).strip(QUOTES + " ,;:-")
+
+
+def provisional_title(content: str) -> str:
+    """The title a conversation has until the model writes one: its first message, cut
+    after a whole word when it is long."""
+    line = " ".join(content.split())
+    if len(line) <= MAX_TITLE_CHARS:
+        return line
+    cut = whole_words(line, MAX_TITLE_CHARS, MAX_TITLE_CHARS - 1) or line[: MAX_TITLE_CHARS - 1]
+    return cut + "…"
 
 
 def apply_title(generation: Generation) -> bool:

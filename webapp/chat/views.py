@@ -1,17 +1,22 @@
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.text import slugify
+from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_POST
 
-from generation.specs import Task
+from generation.specs import SamplingParams, Task
 from webapp.accounts.models import User
+from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_models
 from webapp.chat import history, services
-from webapp.inference.rendering import render_markdown
+from webapp.chat.models import Role
+from webapp.inference.relay import timings_of
+from webapp.inference.rendering import code_css, render_markdown
 from webapp.moderation import services as moderation
 from webapp.studio import services as studio
 
@@ -35,6 +40,7 @@ def _page(request: HttpRequest, conversation: services.Conversation | None) -> H
             "message": m,
             "html": render_markdown(m.text) if m.role == "assistant" else "",
             "generation": m.generation,
+            "timings": timings_of(m.generation) if m.generation else None,
             "branch": branches.get(m.pk),
             "blocked": blocked_category(m),
             "notice": moderation.input_notice(blocked_category(m)) if m.blocked_by_id else "",
@@ -58,8 +64,42 @@ def _page(request: HttpRequest, conversation: services.Conversation | None) -> H
             "shown": shown,
             "models": models,
             "selected_model": selected,
+            "model_settings": {str(m.pk): model_settings(m) for m in models},
+            "remembered": remembered_settings(conversation) if conversation else None,
         },
     )
+
+
+def model_settings(entry: ModelEntry) -> dict[str, Any]:
+    """What the picker tells about a model: its description and the settings a request
+    that sets none gets (its defaults, else Atelier's)."""
+    defaults = SamplingParams.from_dict(
+        {"max_new_tokens": settings.ATELIER_DEFAULT_MAX_TOKENS, **entry.sampling_defaults()}
+    )
+    return {
+        "description": entry.description,
+        "temperature": defaults.temperature,
+        "top_p": defaults.top_p,
+        "max_tokens": defaults.max_new_tokens,
+        "repetition_penalty": defaults.repetition_penalty,
+        "system_prompt": entry.takes_system_prompt,
+    }
+
+
+def remembered_settings(conversation: services.Conversation) -> dict[str, Any] | None:
+    """The settings of the conversation's latest reply, which the page starts from."""
+    latest = (
+        conversation.messages.filter(role=Role.ASSISTANT, generation__isnull=False)
+        .select_related("generation")
+        .order_by("-pk")
+        .first()
+    )
+    params = latest.generation.params if latest and latest.generation else {}
+    if not params:
+        return None
+    names = {"temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_tokens"}
+    names["repetition_penalty"] = "repetition_penalty"
+    return {shown: params[name] for name, shown in names.items() if name in params}
 
 
 def _recent_results(user: User, query: str) -> list[Any]:
@@ -88,6 +128,21 @@ def _own_conversation(request: HttpRequest, conversation_id: int) -> services.Co
 @login_required
 def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return _page(request, _own_conversation(request, conversation_id))
+
+
+@login_required
+@require_GET
+def title(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    """The conversation's title now, and who wrote it (the page waits for the model's)."""
+    found = _own_conversation(request, conversation_id)
+    return JsonResponse({"title": found.title, "source": found.title_source})
+
+
+@require_GET
+@cache_control(max_age=3600, public=True)
+def code_stylesheet(request: HttpRequest) -> HttpResponse:
+    """The colours of highlighted code, from Pygments' style (no file to keep in step)."""
+    return HttpResponse(code_css(), content_type="text/css; charset=utf-8")
 
 
 @login_required

@@ -24,6 +24,14 @@ class StatusEvent(TypedDict):
     status: str
 
 
+class Timings(TypedDict):
+    """When a reply was written and how fast, from its Generation's timings."""
+
+    written_at: str | None  # ISO 8601, when it finished
+    first_token_seconds: float | None  # from the request to its first token
+    tokens_per_second: float | None  # generated tokens over the time spent writing them
+
+
 class DoneEvent(TypedDict):
     type: Literal["done"]
     generation: int
@@ -36,6 +44,7 @@ class DoneEvent(TypedDict):
     # Added by the web process when relaying: the final text and its sanitized HTML.
     text: NotRequired[str]
     html: NotRequired[str]
+    timings: NotRequired[Timings]
 
 
 StreamEvent = TokenEvent | StatusEvent | DoneEvent

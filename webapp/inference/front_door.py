@@ -14,16 +14,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from generation.safety import Verdict
+from generation.specs import SamplingParams, Task
 from webapp.accounts.models import User
 from webapp.accounts.services import generation_limit
 from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_model
 from webapp.inference import services
 from webapp.inference.models import Generation, Priority, Status
-from webapp.inference.refusals import InputBlocked, LimitReached, NotAllowed, Suspended
+from webapp.inference.refusals import (
+    InputBlocked,
+    InvalidInput,
+    LimitReached,
+    NotAllowed,
+    Suspended,
+)
 from webapp.moderation import services as moderation
 
 
@@ -90,6 +98,27 @@ def screen(user: User, texts: Sequence[Screened]) -> moderation.Checked:
     return checked
 
 
+# Tasks whose params are the caller's sampling choice; the others (summaries,
+# translations, ...) run greedy with the worker's defaults when params are empty.
+SAMPLED_TASKS = {Task.CHAT.value}
+
+
+def with_model_defaults(entry: ModelEntry, task: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A chat request's sampling parameters, complete: what it set, else the model's
+    defaults, else Atelier's (ATELIER_DEFAULT_MAX_TOKENS for the length)."""
+    if task not in SAMPLED_TASKS:
+        return params
+    merged = {
+        "max_new_tokens": settings.ATELIER_DEFAULT_MAX_TOKENS,
+        **entry.sampling_defaults(),
+        **params,
+    }
+    try:
+        return SamplingParams.from_dict(merged).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"Invalid sampling parameters: {exc}.") from None
+
+
 def submit(
     user: User,
     *,
@@ -110,6 +139,7 @@ def submit(
     a chat model)."""
     check_can_generate(user, priority)
     entry = model_for(user, model_task or task, model)
+    params = with_model_defaults(entry, task, params or {})
     checked = screen(user, screened)
     with transaction.atomic(savepoint=False):
         generation = services.create_generation(
@@ -117,7 +147,7 @@ def submit(
             model=entry,
             task=task,
             input=input,
-            params=params or {},
+            params=params,
             priority=priority,
         )
         moderation.link(checked, generation_id=generation.pk)

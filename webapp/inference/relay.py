@@ -21,7 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from webapp.inference import streams, watching
-from webapp.inference.events import DoneEvent, Usage
+from webapp.inference.events import DoneEvent, Timings, Usage
 from webapp.inference.models import Generation
 from webapp.inference.rendering import render_markdown
 
@@ -71,13 +71,13 @@ class Relay:
                         return
                     continue
                 if event["type"] == "done":
+                    finished = await database_sync_to_async(_finished)(generation_id, event["seq"])
                     text = event.get("text")
                     if text is None:  # written without it: the database has the text
-                        generation = await database_sync_to_async(Generation.objects.get)(
-                            pk=generation_id
-                        )
-                        text = generation.output
-                    await self.send(dict(with_text(event, text)))
+                        text = finished.output
+                    done = with_text(event, text)
+                    done["timings"] = timings_of(finished)
+                    await self.send(dict(done))
                     return
                 await self.send(dict(event))
         except asyncio.CancelledError:
@@ -132,6 +132,32 @@ class Relay:
         return True
 
 
+@functools.lru_cache(maxsize=256)
+def _finished(generation_id: int, seq: int) -> Generation:
+    """A finished generation as recorded (the worker records it before its done event),
+    read once per process however many clients relay it."""
+    return Generation.objects.get(pk=generation_id)
+
+
+def timings_of(generation: Generation) -> Timings:
+    """When the reply was written, its time to first token (from the request) and its
+    speed (tokens after the first over the time after the first)."""
+    first = generation.first_token_at
+    finished = generation.finished_at
+    speed = None
+    if first and finished and generation.completion_tokens > 1:
+        seconds = (finished - first).total_seconds()
+        if seconds > 0:
+            speed = round((generation.completion_tokens - 1) / seconds, 1)
+    return Timings(
+        written_at=finished.isoformat() if finished else None,
+        first_token_seconds=(
+            round((first - generation.queued_at).total_seconds(), 2) if first else None
+        ),
+        tokens_per_second=speed,
+    )
+
+
 def with_text(event: DoneEvent, text: str) -> DoneEvent:
     return {**event, "text": text, "html": _rendered(event["generation"], event["seq"], text)}
 
@@ -154,4 +180,6 @@ def done_from_database(generation: Generation) -> DoneEvent:
             prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
         ),
     )
-    return with_text(event, generation.output)
+    done = with_text(event, generation.output)
+    done["timings"] = timings_of(generation)
+    return done

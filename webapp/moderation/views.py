@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
@@ -17,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from webapp.accounts.models import User
 from webapp.moderation import services
 from webapp.moderation.models import (
+    AuditEntry,
     Direction,
     ModerationEvent,
     ReviewStatus,
@@ -72,6 +74,10 @@ def queue(request: HttpRequest) -> HttpResponse:
         direction=direction,
         action=action,
     )
+    one = request.GET.get("event", "")
+    if one.isdigit():  # one item, whatever its status (a link from the audit trail)
+        events = services.review_queue().filter(pk=int(one))
+        status = "all"
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     users = {event.user_id: event.user for event in page.object_list}
     standing = {pk: services.standing(user) for pk, user in users.items()}
@@ -179,20 +185,72 @@ def lift(request: HttpRequest, suspension_id: int) -> HttpResponse:
     return redirect("moderation:suspensions")
 
 
+# Readable names of the audit trail's actions (the code stays beside them, for the CSV).
+ACTION_NAMES = {
+    "input.allow": "input allowed",
+    "input.flag": "input flagged",
+    "input.block": "input blocked",
+    "output.allow": "reply allowed",
+    "output.flag": "reply flagged",
+    "output.block": "reply blocked",
+    "event.confirm": "verdict confirmed",
+    "event.false_positive": "marked a false positive",
+    "strike.add": "strike added",
+    "suspension.create": "account suspended",
+    "suspension.lift": "suspension lifted",
+    "audit.export": "audit trail exported",
+    "audit.purge": "old entries purged",
+}
+ACTION_GROUPS = [
+    ("input.", "every input verdict"),
+    ("output.", "every reply verdict"),
+    ("event.", "every review"),
+]
+ROUTINE = ("input.allow", "output.allow")  # every check that found nothing
+
+
 def _audit_filters(request: HttpRequest) -> dict[str, str]:
     return {
         name: request.GET.get(name, "").strip()[:150] for name in ("action", "actor", "subject")
     }
 
 
+def _audit_link(entry: AuditEntry) -> str:
+    """Where the entry's item can be seen: the review item, the suspensions, or the
+    generation in the admin."""
+    kind, pk = entry.target_type, entry.target_id
+    if not pk.isdigit():
+        return ""
+    if kind == "moderationevent":
+        return reverse("moderation:queue") + f"?event={pk}"
+    if kind == "strike" and isinstance(entry.details.get("event"), int):
+        return reverse("moderation:queue") + f"?event={entry.details['event']}"
+    if kind == "suspension":
+        return reverse("moderation:suspensions")
+    if kind == "generation":
+        return reverse("admin:inference_generation_change", args=[pk])
+    return ""
+
+
 @require_GET
 @moderator_required
 def audit(request: HttpRequest) -> HttpResponse:
     filters = _audit_filters(request)
-    page = Paginator(services.audit_entries(**filters), PAGE_SIZE).get_page(request.GET.get("page"))
+    show_routine = request.GET.get("routine") == "show"
+    entries = services.audit_entries(**filters)
+    if not show_routine and filters["action"] not in ROUTINE:
+        entries = entries.exclude(action__in=ROUTINE)
+    page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [
+        {"entry": e, "name": ACTION_NAMES.get(e.action, e.action), "link": _audit_link(e)}
+        for e in page.object_list
+    ]
     context: dict[str, Any] = {
         "page": page,
+        "rows": rows,
         **filters,
+        "show_routine": show_routine,
+        "action_choices": [*ACTION_GROUPS, *ACTION_NAMES.items()],
         "query": _without_page(request),
         "tab": "audit",
     }

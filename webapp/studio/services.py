@@ -17,6 +17,7 @@ from generation.specs import SummaryLength, Task
 from webapp.accounts.models import User
 from webapp.inference import front_door, uploads
 from webapp.inference import services as inference
+from webapp.inference.models import Status
 from webapp.inference.refusals import InputBlocked, InvalidInput
 from webapp.studio import languages
 from webapp.studio.models import Kind, Result
@@ -161,3 +162,36 @@ def delete_result(result: Result) -> None:
     inference.delete_generations([result.generation_id])  # the result goes with it
     if image:
         uploads.delete(image)
+
+
+def doubtful_translation(result: Result) -> str:
+    """Why a finished translation looks untranslated ("" when it does not): its output is
+    its input, or the text was detected in the language asked for."""
+    generation = result.generation
+    if result.kind != Kind.TRANSLATE or generation.status != Status.DONE:
+        return ""
+    task_input = generation.input if isinstance(generation.input, dict) else {}
+    outcome = generation.result if isinstance(generation.result, dict) else {}
+    target = str(outcome.get("target") or task_input.get("target") or "")
+    if outcome.get("source") and outcome.get("source") == target:
+        return same_language_notice(target)
+    if _plain(generation.output) == _plain(str(task_input.get("text", ""))):
+        return unchanged_notice(target)
+    return ""
+
+
+def unchanged_notice(target: str) -> str:
+    name = language_name(target) if target else "the language asked for"
+    return (
+        f"Doubtful: the output is the input, unchanged. The model may not translate into "
+        f"{name}; try another translation model."
+    )
+
+
+def same_language_notice(target: str) -> str:
+    name = language_name(target) if target else "the language asked for"
+    return f"Doubtful: the text seems to be in {name} already, so there was nothing to translate."
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.split()).casefold()

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.text import slugify
@@ -192,8 +193,28 @@ def classify(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
-    results = services.results_for(_user(request))[:HISTORY_LIMIT]
-    return _page(request, "studio/history.html", {"results": results})
+    """Every result, newest first; narrowed by kind and by words in its title or text."""
+    results = services.results_for(_user(request))
+    kind = request.GET.get("kind", "")
+    if kind in Kind.values:
+        results = results.filter(kind=kind)
+    query = request.GET.get("q", "").strip()[:200]
+    if query:
+        results = results.filter(
+            Q(title__icontains=query)
+            | Q(generation__output__icontains=query)
+            | Q(file_name__icontains=query)
+        )
+    return _page(
+        request,
+        "studio/history.html",
+        {
+            "results": results[:HISTORY_LIMIT],
+            "kind": kind,
+            "kinds": Kind.choices,
+            "query": query,
+        },
+    )
 
 
 def _own_result(request: HttpRequest, generation_id: int) -> Result:
@@ -234,6 +255,11 @@ def result(request: HttpRequest, generation_id: int) -> HttpResponse:
             "target": language_name(target) if target else "",
             "labels": _labels(found),
             "is_image": found.kind == Kind.CLASSIFY_IMAGE,
+            "doubtful": services.doubtful_translation(found),
+            "unchanged_notice": services.unchanged_notice(str(task_input.get("target", ""))),
+            "same_language_notice": services.same_language_notice(
+                str(task_input.get("target", ""))
+            ),
             # For the script, to name the language detected while the page is open.
             "language_names": dict(languages.language_choices())
             if found.kind == Kind.TRANSLATE
