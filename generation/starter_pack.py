@@ -29,6 +29,9 @@ class Registration:
     backend: Backend = Backend.TRANSFORMERS
     quantization: Quantization = Quantization.NONE
     default: bool = True  # the task's default, unless an admin has chosen another
+    # Catalog fields a new entry starts with (admins may change them), e.g. sampling
+    # defaults: catalog field name -> value.
+    fields: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,12 @@ STARTER_PACK: tuple[StarterModel, ...] = (
                 Task.CHAT,
                 "Small instruction-tuned chat model (135M parameters), int8 on CPU.",
                 quantization=Quantization.INT8_DYNAMIC,
+                # Its model card's sampling, and a penalty: at 135M it repeats itself.
+                fields=(
+                    ("default_temperature", 0.2),
+                    ("default_top_p", 0.9),
+                    ("default_repetition_penalty", 1.1),
+                ),
             ),
             Registration(
                 f"{SMOLLM2} (summaries)",
@@ -100,6 +109,7 @@ STARTER_PACK: tuple[StarterModel, ...] = (
                 backend=Backend.RNN,
                 quantization=Quantization.INT8_DYNAMIC,
                 default=False,
+                fields=(("takes_system_prompt", False),),
             ),
         ),
     ),

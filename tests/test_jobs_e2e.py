@@ -27,6 +27,8 @@ FAST_RECOVERY = {"ATELIER_WORKER_HEARTBEAT_SECONDS": "1", "ATELIER_WORKER_TIMEOU
 DOCS = [
     f"Report {i}: the river rose by {i} centimetres on day {i}; the dam held." for i in range(6)
 ]
+# Enough that a batching worker is still at it when the test pauses the job.
+MANY_DOCS = DOCS * 5
 
 
 @pytest.fixture(autouse=True)
@@ -138,14 +140,14 @@ def test_pause_resume_and_cancel_while_a_worker_runs_the_job(
     alice: Any, summarizer: ModelEntry, env: dict[str, str], tmp_path: Path
 ) -> None:
     with celery_worker(env, [summarizer.queue], tmp_path / "worker.log"):
-        job = start_job(alice, summarizer, DOCS)
+        job = start_job(alice, summarizer, MANY_DOCS)
         wait_for(job, lambda j: j.done_count >= 1)
         engine.pause(job)
         # What was running finishes; what waited was withdrawn; nothing new starts.
         paused = wait_for(job, lambda j: not running_items(j))
         assert paused.status == JobStatus.PAUSED
         done_when_paused = paused.done_count
-        assert 1 <= done_when_paused < len(DOCS)
+        assert 1 <= done_when_paused < len(MANY_DOCS)
         assert not Generation.objects.filter(
             user=alice, status__in=[Status.QUEUED, Status.RUNNING]
         ).exists()
@@ -155,7 +157,7 @@ def test_pause_resume_and_cancel_while_a_worker_runs_the_job(
         engine.cancel(job)
         cancelled = wait_for(job, lambda j: not running_items(j))
     assert cancelled.status == JobStatus.CANCELLED
-    assert cancelled.done_count + cancelled.cancelled_count == len(DOCS)
+    assert cancelled.done_count + cancelled.cancelled_count == len(MANY_DOCS)
     assert cancelled.done_count > done_when_paused and cancelled.cancelled_count >= 1
     for item in job.items.filter(status=ItemStatus.DONE).select_related("generation"):
         assert item.generation is not None and item.output == item.generation.output

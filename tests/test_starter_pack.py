@@ -69,6 +69,11 @@ def test_the_pack_is_registered_with_a_default_for_every_task(
     assert "Weak" in default("translate").description
     rnn = catalog["Shakespeare GRU"]
     assert (rnn.backend, rnn.task, rnn.is_default) == ("rnn", "chat", False)
+    assert not rnn.takes_system_prompt  # it continues text; the page offers none
+    # The 135M chat model starts with its model card's sampling and a repetition penalty.
+    assert default("chat").sampling_defaults() == {
+        "temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1,
+    }  # fmt: skip
     call_command("prepare_models", stdout=open("/dev/null", "w"))  # noqa: SIM115
     assert ModelEntry.objects.count() == len(catalog)  # idempotent
 

@@ -143,14 +143,15 @@ def test_a_stop_reaches_its_row_and_the_others_finish(
     make_user: Any, endless_model: ModelEntry, scheduler: Scheduler
 ) -> None:
     long = ask(make_user("long"), endless_model, tokens=3000)
-    short = [ask(make_user(f"short{i}"), endless_model, tokens=30) for i in range(2)]
+    short = [ask(make_user(f"short{i}"), endless_model, tokens=300) for i in range(2)]
     scheduler.wake()
-    wait_for(lambda: set(statuses([long, *short]).values()) == {Status.RUNNING}, seconds=30)
+    wait_for(lambda: Status.QUEUED not in statuses([long, *short]).values(), seconds=30)
     services.stop(long)
     wait_for(lambda: statuses([long])[long] == Status.STOPPED, seconds=10)
     wait_for(lambda: set(statuses(short).values()) == {Status.DONE})
     stopped = Generation.objects.get(pk=long)
     assert stopped.finish_reason == "stopped" and 0 < stopped.completion_tokens < 3000
+    assert all(g.completion_tokens == 300 for g in Generation.objects.filter(pk__in=short))
 
 
 def test_a_row_blocked_by_the_output_guard_leaves_while_the_others_go_on(

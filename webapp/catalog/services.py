@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -53,9 +55,11 @@ def register_local_model(
     description: str,
     make_default: bool,
     backend: str = "transformers",
+    fields: dict[str, Any] | None = None,
 ) -> tuple[ModelEntry, bool]:
     """Register (or refresh the source of) a prepared local model; returns (entry, created).
-    An entry an admin has edited keeps their choices; only the folder follows the models dir."""
+    An entry an admin has edited keeps their choices; only the folder follows the models dir.
+    `fields` are further catalog fields a new entry starts with (e.g. sampling defaults)."""
     entry, created = ModelEntry.objects.get_or_create(
         name=name,
         defaults={
@@ -65,6 +69,7 @@ def register_local_model(
             "quantization": quantization,
             "device": "cpu",
             "description": description,
+            **(fields or {}),
         },
     )
     if not created and entry.source != folder:

@@ -48,6 +48,7 @@ class Command(BaseCommand):
                     quantization=registration.quantization,
                     description=registration.description,
                     make_default=registration.default,
+                    fields=dict(registration.fields),
                 )
                 self.stdout.write(
                     f"catalog: {entry.name} {'registered' if created else 'already registered'}"
