@@ -85,6 +85,9 @@ def chat(
     generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
 ) -> Outcome:
     params = _params(generation)
+    prompt_text = generation.input.get("prompt")
+    if isinstance(prompt_text, str):  # a completion: the text continued as it is
+        return _continue(loaded, prompt_text, params, on_text, stop)
     messages = generation.input["messages"]
     if isinstance(loaded, LoadedRNN):
         prompt = loaded.vocab.encode(chat_to_prompt(messages))
@@ -108,6 +111,31 @@ def chat(
         params = replace(params, max_new_tokens=fits)
     stream = open_stream(loaded, prompt_ids, params, should_stop=stop)
     return Outcome(stream.run(on_text))
+
+
+def _continue(
+    loaded: LoadedModel | LoadedRNN,
+    text: str,
+    params: SamplingParams,
+    on_text: OnText,
+    stop: ShouldStop,
+) -> Outcome:
+    """A raw completion: the prompt's own tokens (no chat template), its oldest part cut to
+    leave room for the reply (up to half the context), the reply shortened to what fits."""
+    if isinstance(loaded, LoadedRNN):
+        prompt = loaded.vocab.encode(text)
+        if loaded.batcher is not None:
+            batched = BatchedRNNStream(loaded.batcher, prompt, params, should_stop=stop)
+            return Outcome(batched.run(on_text))
+        return Outcome(RNNStream(loaded, prompt, params, should_stop=stop).run(on_text))
+    context = loaded.context_length
+    reserve = min(params.max_new_tokens, context // 2)
+    ids = list(loaded.tokenizer(text)["input_ids"])[-(context - reserve) :]
+    if not ids:
+        raise GenerationError("the prompt is empty")
+    if params.max_new_tokens > context - len(ids):
+        params = replace(params, max_new_tokens=context - len(ids))
+    return Outcome(open_stream(loaded, ids, params, should_stop=stop).run(on_text))
 
 
 def summarize(

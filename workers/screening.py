@@ -74,7 +74,7 @@ def input_texts(generation: Generation) -> list[str]:
     if generation.task == Task.CHAT:
         users = [m for m in data.get("messages") or [] if m.get("role") == "user"]
         texts = [users[-1].get("content")] if users else []
-        texts.append(data.get("system"))
+        texts += [data.get("system"), data.get("prompt")]  # a completion's prompt
     elif generation.task in (Task.SUMMARIZE, Task.TRANSLATE):
         texts = [data.get("text")]
     elif generation.task == Task.EMBED:

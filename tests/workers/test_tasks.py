@@ -266,3 +266,21 @@ def test_the_steps_run_one_by_one_and_a_requeued_run_records_nothing(
     generation.refresh_from_db()
     assert generation.status == Status.QUEUED and generation.result is None
     assert [e["type"] for e in streams.read_all(generation.pk)] == ["status", "status"]
+
+
+def test_a_completion_continues_its_prompt_without_the_chat_template(
+    alice: Any, chat_model: ModelEntry
+) -> None:
+    from generation.streaming import TokenStream
+
+    prompt = "Once upon a time there was"
+    generation = run(
+        alice, chat_model, "chat", {"prompt": prompt}, temperature=0.0, max_new_tokens=12
+    )
+    assert generation.status == Status.DONE, generation.error
+    loaded = model_cache.get_model(chat_model)
+    ids = list(loaded.tokenizer(prompt)["input_ids"])
+    alone = TokenStream(loaded, ids, SamplingParams(temperature=0.0, max_new_tokens=12))  # type: ignore[arg-type]
+    alone.run(lambda piece: None)
+    assert generation.output == alone.text
+    assert generation.prompt_tokens == len(ids)  # the prompt's own tokens, no template

@@ -194,9 +194,12 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     user: str | None
+    raw: bool = False  # /v1/completions: the prompt continued as it is, no chat template
 
     def input(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"system": self.system, "messages": self.messages}
+        if self.raw:  # the worker continues the text itself (handlers.chat)
+            payload = {"prompt": self.messages[0]["content"]}
         if self.user:
             payload["end_user"] = self.user  # who the client says it acts for, for the record
         return payload
@@ -313,6 +316,7 @@ def parse_completion(data: dict[str, Any], *, max_chars: int) -> ChatRequest:
         stream=stream,
         include_usage=_include_usage(data, stream),
         user=_string(data, "user"),
+        raw=True,
     )
 
 
