@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from webapp.inference import liveness, services
+from webapp.jobs import engine
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class Heartbeat:
             if now - since >= grace:
                 services.recover_orphan(generation_id, orphans[generation_id])
                 del self._suspects[generation_id]
+        stalled = engine.reconcile_stalled()
+        if stalled:
+            log.info("reconciled %d batch job(s) whose item outcome was not recorded", stalled)
         for queue in self.queues:
             sent = services.top_up(queue)
             if sent:

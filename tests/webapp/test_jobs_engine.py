@@ -334,3 +334,28 @@ def test_a_translation_job_runs_on_a_translation_model_and_unsupported_pairs_fai
     assert french.failed_count == 2
     errors = set(french.items.values_list("error", flat=True))
     assert len(errors) == 1 and "fr" in errors.pop()
+
+
+def test_an_outcome_whose_signal_was_lost_is_recorded_on_a_workers_heartbeat(
+    alice: Any, summarizer: ModelEntry
+) -> None:
+    """A worker killed between storing an item's outcome and the job hearing of it leaves
+    the item running beside a finished generation; any worker's heartbeat records it and
+    tops the job up, with nobody watching the job's page."""
+    from workers.heartbeat import Heartbeat
+
+    job = make_job(alice, summarizer, DOCS[:3])
+    first = job.items.get(index=0)
+    assert first.status == ItemStatus.RUNNING and first.generation_id is not None
+    # The outcome as the worker stored it, without the signal that would have followed.
+    Generation.objects.filter(pk=first.generation_id).update(
+        status=Status.DONE, output="A summary.", finish_reason="eos"
+    )
+    Heartbeat([DIRECT_QUEUE], name="w-reconcile").look_after_queues()
+    first.refresh_from_db()
+    assert (first.status, first.output) == (ItemStatus.DONE, "A summary.")
+    job.refresh_from_db()
+    assert job.done_count == 1
+    assert in_flight(job) == IN_FLIGHT  # the next item took its place
+    run_job(job)
+    assert job.status == JobStatus.DONE and job.done_count == 3

@@ -90,6 +90,8 @@ def test_generations_run_together_up_to_the_models_batch(
 
     scheduler.wake()
     wait_for(all_done)
+    # The done event follows the stored outcome.
+    wait_for(lambda: all(streams.read_all(pk)[-1]["type"] == "done" for pk in ids), seconds=10)
     assert 2 <= most <= 4  # batched, never past max_batch
     loaded = model_cache.peek(endless_model)
     assert loaded is not None and loaded.batcher is not None

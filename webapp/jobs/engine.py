@@ -317,6 +317,21 @@ def reconcile(job_id: int) -> None:
     dispatch(job_id)
 
 
+def reconcile_stalled() -> int:
+    """Reconcile every job with an item still running whose generation has finished: its
+    signal was lost (say, its worker was killed between recording the outcome and the
+    job hearing of it). Workers call this on their heartbeat, so such a job goes on even
+    when nobody has its page open. Returns how many jobs were reconciled."""
+    job_ids = set(
+        JobItem.objects.filter(
+            status=ItemStatus.RUNNING, generation__status__in=FINISHED
+        ).values_list("job_id", flat=True)
+    )
+    for job_id in job_ids:
+        reconcile(job_id)
+    return len(job_ids)
+
+
 def pause(job: Job) -> None:
     """No new items are dispatched; generations still waiting in the queue are withdrawn
     (their items run again on resume); running ones finish and are recorded."""
