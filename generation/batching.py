@@ -426,24 +426,33 @@ class BatchedStream:
             generator=generator,
         )
         self.batcher.submit(row)
-        reason = ""
         try:
-            while True:
-                item = row.out.get()
-                if isinstance(item, int):
-                    assembler.add([item])
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    reason = item[1]
-                    break
-            assembler.end()
+            self.stats.finish_reason = follow(row, assembler)
         finally:
-            row.gone.set()  # whatever happened here, the batcher lets the row go
             self.text = assembler.text
             self.stats.total_seconds = time.perf_counter() - started
-        self.stats.finish_reason = "stop_sequence" if assembler.cut else reason
         return self.stats
+
+
+def follow(row: _Row, assembler: TextAssembler) -> str:
+    """In the requesting thread: the row's token ids into text (through `assembler`, to
+    the caller's `on_text`) until the batcher ends the row; returns why it ended. An
+    error the batcher handed over (out of memory) is raised here."""
+    reason = ""
+    try:
+        while True:
+            item = row.out.get()
+            if isinstance(item, int):
+                assembler.add([item])
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                reason = item[1]
+                break
+        assembler.end()
+    finally:
+        row.gone.set()  # whatever happened here, the batcher lets the row go
+    return "stop_sequence" if assembler.cut else reason
 
 
 def open_stream(

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from generation.batching import Batcher, _Row
+from generation.batching import Batcher, _Row, follow
 from generation.rnn.loading import LoadedRNN
 from generation.rnn.model import State
 from generation.rnn.streaming import _pick
@@ -148,21 +148,9 @@ class BatchedRNNStream:
         )
         row.generator = generator
         self.batcher.submit(row)
-        reason = ""
         try:
-            while True:
-                item = out.get()
-                if isinstance(item, int):
-                    assembler.add([item])
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    reason = item[1]
-                    break
-            assembler.end()
+            self.stats.finish_reason = follow(row, assembler)
         finally:
-            row.gone.set()
             self.text = assembler.text
             self.stats.total_seconds = time.perf_counter() - started
-        self.stats.finish_reason = "stop_sequence" if assembler.cut else reason
         return self.stats
