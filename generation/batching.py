@@ -252,13 +252,10 @@ class Batcher:
             )
         except (torch.OutOfMemoryError, MemoryError):
             self._undo_step(len(mask[0]) - 1)
-            newest = max(range(len(rows)), key=lambda i: rows[i].joined)
-            self._out_of_memory(rows[newest])
-            self._keep([i for i in range(len(rows)) if i != newest])
+            self._drop_newest()
             return
         self._mask = mask
-        self.steps += 1
-        self.widest = max(self.widest, len(rows))
+        self._stepped()
         logits = out.logits[:, -1, :]
         keep = []
         for index, row in enumerate(rows):
@@ -267,6 +264,18 @@ class Batcher:
                 keep.append(index)
         if len(keep) < len(rows):
             self._keep(keep)
+
+    def _drop_newest(self) -> None:
+        """After a forward pass ran out of memory: the newest row fails, the others stay
+        (the step is taken again without it)."""
+        rows = self._rows
+        newest = max(range(len(rows)), key=lambda i: rows[i].joined)
+        self._out_of_memory(rows[newest])
+        self._keep([i for i in range(len(rows)) if i != newest])
+
+    def _stepped(self) -> None:
+        self.steps += 1
+        self.widest = max(self.widest, len(self._rows))
 
     def _undo_step(self, width: int) -> None:
         """After a failed forward pass: drop whatever layers appended to the cache."""

@@ -75,13 +75,10 @@ class RNNBatcher(Batcher):
         try:
             logits, state = self.rnn.model(ids, self._state)
         except (torch.OutOfMemoryError, MemoryError):
-            newest = max(range(len(rows)), key=lambda i: rows[i].joined)
-            self._out_of_memory(rows[newest])
-            self._keep([i for i in range(len(rows)) if i != newest])
+            self._drop_newest()
             return
         self._state = state
-        self.steps += 1
-        self.widest = max(self.widest, len(rows))
+        self._stepped()
         keep = [i for i, row in enumerate(rows) if self._emit(row, self._pick(row, logits[i, -1]))]
         if len(keep) < len(rows):
             self._keep(keep)
