@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from webapp.operations import folder as metrics_folder
 from webapp.private_redis import PrivateRedis
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -34,6 +35,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     var_dir = Path(os.environ.get("ATELIER_VAR_DIR", BASE_DIR / "var"))
     var_dir.mkdir(parents=True, exist_ok=True)
+    metrics_folder.prepare(var_dir)  # shared by every child for /metrics, emptied at start
     key_file = var_dir / "secret_key"
     if not os.environ.get("SECRET_KEY") and not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(50))

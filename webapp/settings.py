@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "webapp.jobs",
     "webapp.studio",
     "webapp.api",
+    "webapp.operations",
 ]
 
 MIDDLEWARE = [
@@ -207,6 +208,19 @@ ATELIER_API_KEEPALIVE_SECONDS = env_int("ATELIER_API_KEEPALIVE_SECONDS", 5)
 ATELIER_STUDIO_MAX_TEXT_CHARS = env_int("ATELIER_STUDIO_MAX_TEXT_CHARS", 100_000)
 # Largest .txt, .md or .pdf file accepted for a summary.
 ATELIER_STUDIO_MAX_UPLOAD_BYTES = env_int("ATELIER_STUDIO_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+
+# --- Metrics (/metrics for Prometheus; see docs/metrics.md) ------------------------------
+# Every web and worker process writes its metrics to files in this folder (prometheus-client's
+# multiprocess mode), and /metrics adds them up: the processes of a host must share it. It is
+# read by prometheus-client when it is first imported, i.e. after these settings. The run
+# command empties it at start. Unset: each process keeps its own (tests, one-off commands).
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# /metrics answers 404 unless one of these is set: a bearer token (Authorization: Bearer
+# <token>), or addresses and networks (e.g. 10.0.0.0/8,127.0.0.1) that may read it without.
+ATELIER_METRICS_TOKEN = env_secret("ATELIER_METRICS_TOKEN")
+ATELIER_METRICS_ALLOW = env_list("ATELIER_METRICS_ALLOW", [])
 
 LOGGING = {
     "version": 1,

@@ -3,6 +3,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from webapp.operations.views import metrics
+
 
 def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
@@ -18,5 +20,7 @@ urlpatterns = [
     path("studio/", include("webapp.studio.urls")),
     path("api-keys/", include("webapp.api.page_urls")),
     path("v1/", include("webapp.api.urls")),
+    path("operations/", include("webapp.operations.urls")),
+    path("metrics", metrics, name="metrics"),
     path("healthz", healthz),
 ]

@@ -19,6 +19,8 @@ from django.db import close_old_connections, connections
 
 from webapp.inference import liveness, services
 from webapp.jobs import engine
+from webapp.operations import worker_status
+from workers import model_cache
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Heartbeat:
             while not self._stop.is_set():
                 try:
                     liveness.beat(self.name, self.queues, set(running), slots)
+                    worker_status.publish(self.name, model_cache.held())
                     close_old_connections()
                     self.look_after_queues()
                 except Exception as exc:  # Redis or the database away: try again next beat

@@ -21,6 +21,7 @@ from generation.rnn.batching import RNNBatcher
 from generation.rnn.loading import LoadedRNN, load_rnn
 from generation.specs import Backend, ModelSpec, Task
 from webapp.catalog.models import ModelEntry
+from webapp.operations import metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,12 @@ def get_model(entry: ModelEntry) -> Loaded:
                 evicted, _ = _loaded.popitem(last=False)
                 log.info("evicting model %s to make room", evicted[2])
             gc.collect()
-            loaded = _load(spec)
+            try:
+                loaded = _load(spec)
+            except Exception:
+                metrics.model_load_failed(entry.name)
+                raise
+            metrics.model_loaded(entry.name, loaded.load_seconds)
             _loaded[key] = loaded
         else:
             _loaded.move_to_end(key)
@@ -86,6 +92,12 @@ def peek(entry: ModelEntry) -> Loaded | None:
     """The entry's model if this process holds it now (loads nothing)."""
     with _lock:
         return _loaded.get(_load_key(entry.spec()))
+
+
+def held() -> list[Loaded]:
+    """The models this process holds now (for its heartbeat's report)."""
+    with _lock:
+        return list(_loaded.values())
 
 
 def clear() -> None:

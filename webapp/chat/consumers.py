@@ -28,6 +28,7 @@ from webapp.inference import services as inference
 from webapp.inference.consumers import signed_in_user
 from webapp.inference.refusals import Refused
 from webapp.inference.relay import Relay
+from webapp.operations import metrics
 
 R = TypeVar("R")
 # Storing a message (and queueing its reply) runs on a pool of its own, not on Channels'
@@ -89,8 +90,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user = user
         self.relay = Relay(self.send_json)
         await self.accept()
+        metrics.websocket_opened(self, "chat")
 
     async def disconnect(self, code: int) -> None:
+        metrics.websocket_closed(self)
         if hasattr(self, "relay"):
             await self.relay.close()
 

@@ -20,6 +20,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from webapp.accounts.models import User
 from webapp.inference import services as inference
 from webapp.inference.relay import Relay
+from webapp.operations import metrics
 
 # Close codes of Atelier's sockets (chat, one generation, job progress).
 CLOSE_UNAUTHENTICATED = 4401
@@ -45,6 +46,7 @@ class GenerationConsumer(AsyncJsonWebsocketConsumer):
         if user is None:
             return
         await self.accept()
+        metrics.websocket_opened(self, "generation")
         after = _after(self.scope.get("query_string", b""))
         if after is None:
             await self.send_error("bad_field", "'after' must be a whole number, 0 or more.")
@@ -63,6 +65,7 @@ class GenerationConsumer(AsyncJsonWebsocketConsumer):
         self.relay.start(generation.pk, after=after, unfinished=not generation.is_finished)
 
     async def disconnect(self, code: int) -> None:
+        metrics.websocket_closed(self)
         if hasattr(self, "relay"):
             await self.relay.close()
 

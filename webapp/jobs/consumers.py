@@ -22,6 +22,7 @@ from webapp.accounts.models import User
 from webapp.inference.consumers import CLOSE_NOT_FOUND, signed_in_user
 from webapp.jobs import engine, services
 from webapp.jobs.models import JobItem, JobStatus
+from webapp.operations import metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,11 @@ class JobProgressConsumer(AsyncJsonWebsocketConsumer):
         self.user: User = user
         self.job_id = job.pk
         await self.accept()
+        metrics.websocket_opened(self, "job")
         self.task = asyncio.create_task(self.watch())
 
     async def disconnect(self, code: int) -> None:
+        metrics.websocket_closed(self)
         task = getattr(self, "task", None)
         if task is not None:
             task.cancel()

@@ -32,6 +32,7 @@ from webapp.moderation.models import (
     Strike,
     Suspension,
 )
+from webapp.operations import metrics
 
 SYSTEM = "system"
 
@@ -109,6 +110,7 @@ def record_verdict(
     generation_id: int | None = None,
 ) -> ModerationEvent | None:
     """Audit a verdict; store flagged and blocked ones as events for the review queue."""
+    metrics.moderation_verdict(direction, str(verdict.action), verdict.category)
     event = None
     if verdict.action is not Action.ALLOW:
         event = ModerationEvent.objects.create(
