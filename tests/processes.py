@@ -84,7 +84,8 @@ def web_server(env: dict[str, str], log_path: Path, port: int | None = None) -> 
     """A real Daphne process serving the ASGI app; yields its base URL once it answers."""
     port = port or free_port()
     with open(log_path, "ab") as log:
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+        # As the run command starts it: Daphne with the WebSocket limits of webapp.server.
+        command = [sys.executable, "-m", "webapp.server", "-b", "127.0.0.1", "-p", str(port)]
         command.append("webapp.asgi:application")
         web_env = {**env, "DJANGO_SETTINGS_MODULE": "webapp.settings"}  # as the run command's
         process = subprocess.Popen(

@@ -71,7 +71,17 @@ def main() -> int:
         host = os.environ.get("ATELIER_HOST", "127.0.0.1")
         port = os.environ.get("ATELIER_PORT", "8000")
         children["web"] = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", host, "-p", port, "webapp.asgi:application"],
+            # webapp.server: Daphne with WebSocket limits that follow ATELIER_MAX_FRAME_BYTES.
+            [
+                sys.executable,
+                "-m",
+                "webapp.server",
+                "-b",
+                host,
+                "-p",
+                port,
+                "webapp.asgi:application",
+            ],
             cwd=BASE_DIR,
             env=_env(WEB_SETTINGS),
         )

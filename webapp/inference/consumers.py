@@ -74,7 +74,7 @@ class GenerationConsumer(AsyncJsonWebsocketConsumer):
     ) -> None:
         try:
             frame = json.loads(text_data) if text_data is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a nesting bomb
             frame = None
         generation_id = getattr(self, "generation_id", None)
         if frame == {"type": "stop"} and generation_id is not None:

@@ -54,7 +54,11 @@ class JobProgressConsumer(AsyncJsonWebsocketConsumer):
         if task is not None:
             task.cancel()
 
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        # Not receive_json: any frame (not JSON, a nesting bomb, binary) gets this answer
+        # instead of an exception from decoding it.
         await self.send_json(
             {"type": "error", "code": "bad_request", "message": "This socket only sends."}
         )
