@@ -45,6 +45,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    except RecursionError:  # nested deeper than Python's stack
+        raise ApiError(
+            400, "The request body is JSON nested too deeply.", code="invalid_json"
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
     return data

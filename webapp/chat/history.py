@@ -136,6 +136,8 @@ def import_json(user: User, raw: bytes) -> Conversation:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise HistoryError("The file is not JSON in UTF-8.") from None
+    except RecursionError:  # nested deeper than Python's stack; no export is like that
+        raise HistoryError("The file is JSON nested too deeply to be a conversation.") from None
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise HistoryError("The file is not a conversation exported from Atelier.")
     if data.get("version") != EXPORT_VERSION:

@@ -6,12 +6,17 @@ point a worker outside the folder."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import secrets
 from pathlib import Path
 
 from django.conf import settings
 
-from generation.images import sniff_format
+from generation.images import MAX_PIXELS, image_size, sniff_format
+
+log = logging.getLogger(__name__)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota used up, file too big
 
 
 class UploadError(ValueError):
@@ -35,13 +40,46 @@ def save_image(user_id: int, data: bytes) -> str:
         raise UploadError(
             "the file is not an image in a supported format (JPEG, PNG, WebP, GIF or BMP)"
         )
+    _check_header(data, kind)
     relative = Path(str(user_id)) / f"{secrets.token_hex(16)}.{kind.lower()}"
-    path = _root() / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_bytes(data)
-    tmp.rename(path)
+    _write(_root() / relative, data)
     return relative.as_posix()
+
+
+def _check_header(data: bytes, kind: str) -> None:
+    """Refuse what the header declares (not the pixels): a cut-short header, no pixels,
+    or more pixels than a worker decodes (a decompression bomb)."""
+    size = image_size(data)
+    if size is None:
+        raise UploadError(f"the file looks like {kind} but its header is damaged or cut short")
+    width, height = size
+    if width < 1 or height < 1:
+        raise UploadError("the image has no pixels")
+    if width * height > MAX_PIXELS:
+        raise UploadError(
+            f"the image is {width} x {height} pixels; at most "
+            f"{MAX_PIXELS // 1_000_000} million pixels are accepted"
+        )
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write the file whole or not at all: it appears under its name only once written, and
+    a disk that fills up midway leaves nothing behind (files already stored are untouched)."""
+    tmp = path.with_suffix(".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        tmp.rename(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        log.error("could not store an upload in %s: %s", path.parent, exc)
+        if exc.errno in NO_ROOM:
+            raise UploadError(
+                "the server has no room to store the file right now; nothing was saved: "
+                "try again later, or tell an administrator"
+            ) from None
+        raise UploadError("the server could not store the file; nothing was saved") from None
 
 
 def resolve(relative: str) -> Path:

@@ -24,7 +24,7 @@ def read_document(name: str, data: bytes, *, max_bytes: int, max_chars: int) -> 
         raise DocumentError(
             f"“{name}” is larger than the limit of {_size(max_bytes)} for a document"
         )
-    text = _pdf_text(name, data) if suffix == PDF_SUFFIX else _decode(name, data)
+    text = _pdf_text(name, data, max_chars) if suffix == PDF_SUFFIX else _decode(name, data)
     text = text.strip()
     if not text:
         raise DocumentError(f"“{name}” has no text")
@@ -52,21 +52,35 @@ def _decode(name: str, data: bytes) -> str:
     raise DocumentError(f"“{name}” is not a text file (it holds binary data)")
 
 
-def _pdf_text(name: str, data: bytes) -> str:
+def _pdf_text(name: str, data: bytes, max_chars: int) -> str:
     if not data.startswith(b"%PDF-"):
         raise DocumentError(f"“{name}” is not a PDF file (its content is not PDF)")
     import pypdf
+    from pypdf.errors import LimitReachedError
 
+    pages: list[str] = []
     try:
         reader = pypdf.PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise DocumentError(f"“{name}” is encrypted; upload a PDF without a password")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        length = 0
+        for page in reader.pages:
+            pages.append((page.extract_text() or "").strip())
+            length += len(pages[-1])
+            if length > max_chars:  # too long already: the caller says so; stop reading
+                break
     except DocumentError:
         raise
+    except LimitReachedError:  # pypdf's own caps on what a file may unpack to
+        raise DocumentError(
+            f"“{name}” holds more than Atelier unpacks from a PDF (a PDF bomb?); "
+            "it was not read"
+        ) from None
+    except RecursionError:
+        raise DocumentError(f"“{name}” is nested too deeply to be read as a PDF") from None
     except Exception as exc:  # pypdf raises many kinds on damaged files
         raise DocumentError(f"“{name}” could not be read as a PDF: {exc}") from None
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
+    text = "\n\n".join(page for page in pages if page)
     if not text:
         raise DocumentError(f"“{name}” has no text layer (a scanned PDF?); paste its text instead")
     return text
