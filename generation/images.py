@@ -85,10 +85,17 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# Real files have a few dozen segments before the frame header; a file of nothing but
+# markers must not keep the web process walking 20 MB two bytes at a time.
+_JPEG_MAX_STEPS = 10_000
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """The size in the first frame header (SOFn), walking the segments from the start."""
     at = 2
-    while at + 4 <= len(data):
+    for _ in range(_JPEG_MAX_STEPS):
+        if at + 4 > len(data):
+            return None
         if data[at] != 0xFF:
             return None
         marker = data[at + 1]
