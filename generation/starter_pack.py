@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from generation.rnn.starter import prepare_rnn
+from generation.rnn.starter import SHAKESPEARE_GRU_FOLDER, prepare_rnn
 from generation.rnn.train import ProgressCallback
 from generation.specs import Backend, Quantization, Task
 from generation.starter import (
@@ -39,6 +39,10 @@ class StarterModel:
     key: str
     prepare: Callable[[Path, ProgressCallback | None], PreparedModel]
     registrations: tuple[Registration, ...]
+    # Minutes to prepare (training): the run command prepares it in the background, its
+    # entries registered meanwhile as being prepared in `folder` (under the models dir).
+    slow: bool = False
+    folder: str = ""
 
 
 SMOLLM2 = "SmolLM2-135M-Instruct"
@@ -112,5 +116,7 @@ STARTER_PACK: tuple[StarterModel, ...] = (
                 fields=(("takes_system_prompt", False),),
             ),
         ),
+        slow=True,
+        folder=SHAKESPEARE_GRU_FOLDER,
     ),
 )

@@ -20,10 +20,11 @@ class ModelEntryAdmin(admin.ModelAdmin[ModelEntry]):
         "is_default",
         "status",
     )
-    list_filter = ("task", "backend", "quantization", "enabled")
+    list_filter = ("task", "backend", "quantization", "enabled", "preparing")
     search_fields = ("name", "source", "description")
     filter_horizontal = ("allowed_groups",)
     readonly_fields = (
+        "preparing",
         "last_error",
         "last_error_at",
         "last_loaded_at",
@@ -35,6 +36,8 @@ class ModelEntryAdmin(admin.ModelAdmin[ModelEntry]):
 
     @admin.display(description="worker status")
     def status(self, entry: ModelEntry) -> str:
+        if entry.preparing:
+            return "being prepared"
         if entry.last_error:
             return f"error: {entry.last_error[:120]}"
         if entry.last_loaded_at:

@@ -57,6 +57,14 @@ class ModelEntry(models.Model):
     allowed_groups = models.ManyToManyField(
         Group, blank=True, help_text="Leave empty to let every approved user use this model."
     )
+    preparing = models.BooleanField(
+        "being prepared",
+        default=False,
+        help_text=(
+            "Set while Atelier prepares this model on this machine (e.g. trains the starter "
+            "RNN); it cannot be used until then."
+        ),
+    )
     last_error = models.TextField(
         blank=True, help_text="Set by a worker that failed to load the model."
     )

@@ -26,13 +26,19 @@ def usable_model(user: User, task: str, model_id: int | None) -> ModelEntry:
     ModelUnavailable otherwise."""
     models = usable_models(user, task)
     if model_id is None:
-        entry = models.filter(is_default=True).first() or models.first()
+        ready = models.filter(preparing=False)
+        entry = ready.filter(is_default=True).first() or ready.first()
         if entry is None:
             raise ModelUnavailable(f"No {task} model is available to you.")
         return entry
     entry = models.filter(pk=model_id).first()
     if entry is None:
         raise ModelUnavailable("That model does not exist or is not available to you.")
+    if entry.preparing:
+        raise ModelUnavailable(
+            f"{entry.name} is still being prepared on this machine (a few minutes after the "
+            "first start); choose another model, or try again shortly."
+        )
     return entry
 
 
@@ -56,9 +62,11 @@ def register_local_model(
     make_default: bool,
     backend: str = "transformers",
     fields: dict[str, Any] | None = None,
+    preparing: bool = False,
 ) -> tuple[ModelEntry, bool]:
-    """Register (or refresh the source of) a prepared local model; returns (entry, created).
-    An entry an admin has edited keeps their choices; only the folder follows the models dir.
+    """Register (or refresh the source of) a local model; returns (entry, created).
+    An entry an admin has edited keeps their choices; only the folder follows the models dir,
+    and `preparing` says whether the folder is still being prepared (e.g. trained).
     `fields` are further catalog fields a new entry starts with (e.g. sampling defaults)."""
     entry, created = ModelEntry.objects.get_or_create(
         name=name,
@@ -69,12 +77,13 @@ def register_local_model(
             "quantization": quantization,
             "device": "cpu",
             "description": description,
+            "preparing": preparing,
             **(fields or {}),
         },
     )
-    if not created and entry.source != folder:
-        entry.source = folder
-        entry.save(update_fields=["source", "updated_at"])
+    if not created and (entry.source != folder or entry.preparing != preparing):
+        entry.source, entry.preparing = folder, preparing
+        entry.save(update_fields=["source", "preparing", "updated_at"])
     if make_default and not ModelEntry.objects.filter(task=task, is_default=True).exists():
         entry.is_default = True
         entry.save()
