@@ -4,13 +4,13 @@ after generations that lost their worker and queued ones whose wake-up message w
 A worker killed with SIGKILL stops beating; its heartbeat key expires after
 ATELIER_WORKER_TIMEOUT_SECONDS, and any other live worker (or this one restarted) then
 requeues the generation it was running (or fails it after ATELIER_GENERATION_MAX_ATTEMPTS).
+The run command requeues them at once when it sees the process die, and a worker that
+starts under its predecessor's name (same host and pid) does so before it claims anything.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 
@@ -24,7 +24,7 @@ from workers import model_cache
 
 log = logging.getLogger(__name__)
 
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+WORKER_NAME = liveness.process_name()
 running: set[int] = set()  # the generations this process runs now (runner and scheduler)
 slots = 1  # how many it runs at once: its widest batch (the scheduler raises it)
 
@@ -41,7 +41,19 @@ class Heartbeat:
         self._suspects: dict[int, float] = {}
 
     def start(self) -> None:
+        self.requeue_predecessors_work()
         self._thread.start()
+
+    def requeue_predecessors_work(self) -> None:
+        """Before this process claims anything: generations running under its own name
+        belong to a predecessor that died with the same host and pid (a restarted
+        container numbers its processes alike), whose name now looks alive again."""
+        try:
+            for generation_id, worker in services.running_without_worker(set()):
+                if worker == self.name:
+                    services.recover_orphan(generation_id, worker)
+        except Exception as exc:  # the database away: nothing is claimed until it is back
+            log.warning("could not look for a predecessor's work: %s: %s", type(exc).__name__, exc)
 
     def stop(self) -> None:
         self._stop.set()

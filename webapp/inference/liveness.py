@@ -4,6 +4,8 @@ key that expires, so a worker killed with SIGKILL disappears on its own."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -18,6 +20,13 @@ class WorkerInfo:
     queues: tuple[str, ...]
     generations: tuple[int, ...] = ()  # running on it now
     slots: int = 1  # how many it runs at once (its widest batch)
+
+
+def process_name(pid: int | None = None) -> str:
+    """The name a worker process on this machine beats under (and records on the
+    generations it claims): host and process id, so that the run command can name the work
+    of a worker it saw die."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def _key(name: str) -> str:
