@@ -165,6 +165,12 @@ ATELIER_WORKER_POLL_SECONDS = env_int("ATELIER_WORKER_POLL_SECONDS", 2)
 ATELIER_MAX_IMAGE_BYTES = env_int("ATELIER_MAX_IMAGE_BYTES", 20 * 1024 * 1024)
 # Replies one user may have queued or running at once (admins can raise it per group).
 ATELIER_MAX_CONCURRENT_GENERATIONS = env_int("ATELIER_MAX_CONCURRENT_GENERATIONS", 2)
+# Quotas every user has unless a group of theirs (or an admin, per user) sets others;
+# 0 means no limit. Tokens count prompts and outputs of every task; batch jobs and API
+# keys draw on the same quotas. See webapp/accounts/quotas.py.
+ATELIER_TOKENS_PER_DAY = env_int("ATELIER_TOKENS_PER_DAY", 0)
+ATELIER_TOKENS_PER_MONTH = env_int("ATELIER_TOKENS_PER_MONTH", 0)
+ATELIER_REQUESTS_PER_MINUTE = env_int("ATELIER_REQUESTS_PER_MINUTE", 0)
 # A worker writes a heartbeat this often (seconds); one silent for WORKER_TIMEOUT seconds is
 # taken for dead, and the generation it was running is requeued once, then failed.
 ATELIER_WORKER_HEARTBEAT_SECONDS = env_int("ATELIER_WORKER_HEARTBEAT_SECONDS", 2)

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from generation.batching import open_stream
-from generation.embeddings import embed
+from generation.embeddings import embed, max_sequence_length
 from generation.loading import LoadedModel
 from generation.prompts import build_chat_input
 from generation.rnn.batching import BatchedRNNStream
@@ -45,6 +45,7 @@ class Outcome:
     stats: StreamStats
     result: dict[str, Any] | None = None  # structured output, stored on Generation.result
     output: str | None = None  # the text to store, when it is not what was streamed
+    images: int = 0  # images the model looked at, for the usage ledger
 
 
 def _params(generation: Generation, default: SamplingParams | None = None) -> SamplingParams:
@@ -197,15 +198,18 @@ def classify(
     text = "\n".join(f"{item.label}: {item.score:.1%}" for item in labels)
     on_text(text)
     stats = StreamStats(prompt_tokens=0, completion_tokens=0, finish_reason="done")
-    return Outcome(stats, result={"labels": [item.to_dict() for item in labels]}, output=text)
+    result = {"labels": [item.to_dict() for item in labels]}
+    return Outcome(stats, result=result, output=text, images=1)
 
 
 def embeddings(
     generation: Generation, loaded: LoadedModel | LoadedRNN, on_text: OnText, stop: ShouldStop
 ) -> Outcome:
     model = _require_transformers(loaded, "embed text")
-    vectors = embed(model, _texts_input(generation))
-    stats = StreamStats(prompt_tokens=0, completion_tokens=0, finish_reason="done")
+    texts = _texts_input(generation)
+    vectors = embed(model, texts)
+    tokens = input_tokens(model, texts, max_length=max_sequence_length(model))
+    stats = StreamStats(prompt_tokens=tokens, completion_tokens=0, finish_reason="done")
     return Outcome(stats, result={"embeddings": vectors.tolist()}, output="")
 
 
@@ -226,8 +230,19 @@ def moderate(
         }
         for found in layer.score_many(texts)
     ]
-    stats = StreamStats(prompt_tokens=0, completion_tokens=0, finish_reason="done")
+    tokens = input_tokens(loaded, texts) if isinstance(loaded, LoadedModel) else 0
+    stats = StreamStats(prompt_tokens=tokens, completion_tokens=0, finish_reason="done")
     return Outcome(stats, result={"model": layer.name, "scores": scores}, output="")
+
+
+def input_tokens(loaded: LoadedModel, texts: list[str], max_length: int | None = None) -> int:
+    """The tokens a model read of these texts (cut at `max_length` as it cut them), for
+    the usage ledger of tasks that write no text."""
+    tokenizer = loaded.tokenizer
+    if tokenizer is None:
+        return 0
+    cut = {"truncation": True, "max_length": max_length} if max_length else {}
+    return sum(len(ids) for ids in tokenizer(texts, **cut)["input_ids"])
 
 
 Handler = Callable[[Generation, LoadedModel | LoadedRNN, OnText, ShouldStop], Outcome]

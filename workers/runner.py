@@ -240,6 +240,7 @@ def record(run: Run, outcome: handlers.Outcome) -> None:
         finish_reason=finish_reason,
         prompt_tokens=stats.prompt_tokens,
         completion_tokens=stats.completion_tokens,
+        images=outcome.images,
         worker=heartbeat.WORKER_NAME,
     )
     if not recorded:  # taken for dead and requeued meanwhile: the new run owns the stream

@@ -208,6 +208,7 @@ def test_a_moderation_model_answers_requests_of_its_own(
     low, high = generation.result["scores"]
     assert low["score"] < 0.1 and high["score"] > 0.9
     assert high["category"] == "threat" and high["words"] == ["snorbwick"]
+    assert generation.prompt_tokens >= 2 * 3  # its usage: the tokens read (with [CLS], [SEP])
 
 
 def test_the_strictest_policy_runs_every_groups_models(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from django.conf import settings
+from transformers import AutoTokenizer
 
 from generation.rnn.loading import save_rnn_folder
 from generation.rnn.model import CharRNN, RNNConfig
@@ -151,6 +152,7 @@ def test_an_uploaded_image_gets_its_top_labels(alice: Any, folders: dict[str, Pa
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
     assert streamed(generation)[1]["result"] == generation.result
     assert generation.output.splitlines()[0].startswith(labels[0]["label"] + ": ")
+    assert generation.images == 1 and generation.prompt_tokens == 0  # its usage: one image
 
 
 def test_image_inputs_that_cannot_be_used_fail_clearly(
@@ -177,6 +179,10 @@ def test_embeddings_are_stored_as_the_result(alice: Any, folders: dict[str, Path
     vectors = generation.result["embeddings"]  # type: ignore[index]
     assert len(vectors) == 3 and vectors[0] == pytest.approx(vectors[2])
     assert sum(x * x for x in vectors[0]) == pytest.approx(1.0, abs=1e-4)  # L2-normalised
+    # Its usage: the tokens the model read, as its tokenizer counts them.
+    tokenizer = AutoTokenizer.from_pretrained(folders["bert"])
+    read = sum(len(tokenizer(text)["input_ids"]) for text in ["a cat", "a dog", "a cat"])
+    assert generation.prompt_tokens == read > 0 and generation.completion_tokens == 0
 
 
 def test_the_rnn_answers_in_chat_by_continuing_the_message(

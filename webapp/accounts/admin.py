@@ -6,7 +6,17 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from webapp.accounts import services
-from webapp.accounts.models import GroupLimits, User
+from webapp.accounts.models import GroupLimits, User, UserLimits
+
+
+class UserLimitsInline(admin.StackedInline[UserLimits, User]):
+    """An admin's override of this user's limits (empty fields: as their groups say)."""
+
+    model = UserLimits
+    can_delete = True
+    extra = 0
+    max_num = 1
+    verbose_name = "limits and quotas (override)"
 
 
 @admin.register(User)
@@ -15,6 +25,7 @@ class UserAdmin(BaseUserAdmin):
     list_filter = ("role", "is_active", "groups")
     fieldsets = (*(BaseUserAdmin.fieldsets or ()), ("Atelier", {"fields": ("role",)}))
     actions = ["approve_users"]
+    inlines = [UserLimitsInline]
 
     @admin.action(description="Approve selected pending users")
     def approve_users(self, request: HttpRequest, queryset: QuerySet[User]) -> None:

@@ -51,13 +51,25 @@ class User(AbstractUser):
 
 
 class GroupLimits(models.Model):
-    """Per-group limits set by admins; a user gets the most generous of their groups'."""
+    """Per-group limits set by admins. A user in several groups gets the most generous of
+    each; a limit left empty is the site's default (ATELIER_* settings) for that group."""
 
     group = models.OneToOneField(
         "auth.Group", on_delete=models.CASCADE, related_name="atelier_limits"
     )
     max_concurrent_generations = models.PositiveSmallIntegerField(
-        help_text="Replies a member may have queued or running at once."
+        null=True,
+        blank=True,
+        help_text="Replies a member may have queued or running at once. Empty: the default.",
+    )
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt and generated tokens a day. Empty: the default."
+    )
+    tokens_per_month = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt and generated tokens a month. Empty: the default."
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Model calls a minute. Empty: the default."
     )
 
     class Meta:
@@ -66,3 +78,43 @@ class GroupLimits(models.Model):
 
     def __str__(self) -> str:
         return f"limits of {self.group}"
+
+
+class UserLimits(models.Model):
+    """An admin's override of one user's limits: a limit set here replaces what the user's
+    groups give; one left empty keeps it."""
+
+    user = models.OneToOneField(
+        "accounts.User", on_delete=models.CASCADE, related_name="limits_override"
+    )
+    max_concurrent_generations = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Empty: as the user's groups say."
+    )
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Empty: as the user's groups say."
+    )
+    tokens_per_month = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Empty: as the user's groups say."
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: as the user's groups say."
+    )
+
+    class Meta:
+        verbose_name = "user limits"
+        verbose_name_plural = "user limits"
+
+    def __str__(self) -> str:
+        return f"limits of {self.user}"
+
+
+class QuotaLock(models.Model):
+    """One row per user, updated by the front door before it counts the user's usage: the
+    update holds the row (PostgreSQL) or the database (SQLite) until the transaction that
+    queues the request commits, so requests arriving together are counted one by one."""
+
+    user = models.OneToOneField("accounts.User", on_delete=models.CASCADE, primary_key=True)
+    checks = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"quota lock of user {self.user_id}"

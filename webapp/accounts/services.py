@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 
-from webapp.accounts.models import GroupLimits, Role, Theme, User
+from webapp.accounts.models import Role, Theme, User
 
 
 def sign_up(username: str, password: str, email: str = "") -> User:
@@ -64,12 +64,3 @@ def ensure_admin(username: str, password: str | None) -> tuple[User, str | None]
         password = generated = secrets.token_urlsafe(12)
     user = User.objects.create_superuser(username=username, password=password, email="")
     return user, generated
-
-
-def generation_limit(user: User) -> int:
-    """How many replies the user may have queued or running at once: the most generous
-    limit among their groups, or the site's default when no group sets one."""
-    limits = GroupLimits.objects.filter(group__user=user).values_list(
-        "max_concurrent_generations", flat=True
-    )
-    return max(limits, default=settings.ATELIER_MAX_CONCURRENT_GENERATIONS)

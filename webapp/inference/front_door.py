@@ -2,15 +2,17 @@
 studio pages, batch jobs, the API).
 
 `submit` decides whether this user may run this task on this model now (account, suspension,
-model access, the limit of requests in progress), screens the input under the user's
-content policy, stores the queued Generation and wakes a worker once the transaction
-commits. Every "no" is a `refusals.Refused` with a stable code and a message for the user;
-each front end translates them in one place.
+model access, the limit of requests in progress, the quotas of `accounts.quotas`), screens
+the input under the user's content policy, stores the queued Generation and wakes a worker
+once the transaction commits. Every "no" is a `refusals.Refused` with a stable code and a
+message for the user; each front end translates them in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +21,15 @@ from django.db import transaction
 
 from generation.safety import Verdict
 from generation.specs import SamplingParams, Task
+from webapp.accounts import quotas
 from webapp.accounts.models import User
-from webapp.accounts.services import generation_limit
 from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_model
 from webapp.inference import services
-from webapp.inference.models import Generation, Priority, Status
+from webapp.inference.models import Generation, Priority, Source
 from webapp.inference.refusals import (
     InputBlocked,
     InvalidInput,
-    LimitReached,
     NotAllowed,
     Suspended,
 )
@@ -45,29 +46,39 @@ class Screened:
 
 
 def check_can_generate(user: User, priority: int = Priority.INTERACTIVE) -> None:
-    """Refuse pending or disabled accounts (NotAllowed), suspended ones (Suspended) and,
-    for interactive requests, users at their limit of requests in progress (LimitReached).
-    Background work (batch items, titles) waits in the queue instead of counting."""
+    """Refuse pending or disabled accounts (NotAllowed), suspended ones (Suspended), and
+    requests the user's limits do not allow now (`quotas.check`: LimitReached for
+    interactive requests at the limit of requests in progress, QuotaExceeded). Background
+    work (batch items, titles) waits in the queue instead of counting in progress."""
     if not user.can_generate:
         raise NotAllowed(user.why_cannot_generate)
     suspension = moderation.active_suspension(user)
     if suspension is not None:
         raise Suspended(moderation.suspension_message(suspension))
-    if priority == Priority.INTERACTIVE:
-        check_concurrency(user)
+    quotas.check(user, interactive=priority == Priority.INTERACTIVE)
 
 
-def check_concurrency(user: User) -> None:
-    """Refuse a new interactive generation when the user is at their limit."""
-    limit = generation_limit(user)
-    busy = Generation.objects.filter(
-        user=user, status__in=[Status.QUEUED, Status.RUNNING], priority=Priority.INTERACTIVE
-    ).count()
-    if busy >= limit:
-        raise LimitReached(
-            f"You already have {busy} repl{'y' if busy == 1 else 'ies'} in progress, "
-            f"your limit; wait for one to finish or stop it."
-        )
+@dataclass(frozen=True)
+class Origin:
+    """The front door a request comes through, for the usage ledger."""
+
+    source: Source = Source.WEB
+    api_key_id: int | None = None
+
+
+_origin: ContextVar[Origin | None] = ContextVar("front_door_origin", default=None)
+
+
+@contextmanager
+def origin(source: Source, api_key_id: int | None = None) -> Iterator[None]:
+    """Within this block (and the threads `sync_to_async` runs it on), requests are
+    recorded as coming through `source` (with that API key): the API's views are wrapped
+    in it, so the studio services they share with the pages need not know."""
+    token = _origin.set(Origin(source, api_key_id))
+    try:
+        yield
+    finally:
+        _origin.reset(token)
 
 
 def model_for(user: User, task: str, model: ModelEntry | int | None) -> ModelEntry:
@@ -129,19 +140,30 @@ def submit(
     screened: Sequence[Screened] = (),
     priority: Priority = Priority.INTERACTIVE,
     model_task: str | None = None,
+    source: Source | None = None,
+    counted: bool = True,
 ) -> Generation:
     """Queue a generation of `task` on `model` for `user`, once it has passed every check:
-    who may generate, the model, and the content policy on the `screened` texts (those of
-    `input` that reach the model and are new). Raises a `refusals.Refused`; a blocked
-    input (InputBlocked) stores nothing but its verdict, for review. Inside the caller's
-    transaction when there is one: the worker is woken when it commits. `model_task`: the
-    catalog task of the model when it is not `task` (a conversation's title is written by
-    a chat model)."""
-    check_can_generate(user, priority)
+    who may generate, the user's limits and quotas, the model, and the content policy on
+    the `screened` texts (those of `input` that reach the model and are new). Raises a
+    `refusals.Refused`; a blocked input (InputBlocked) stores nothing but its verdict, for
+    review. Inside the caller's transaction when there is one: the worker is woken when it
+    commits. `model_task`: the catalog task of the model when it is not `task` (a
+    conversation's title is written by a chat model). `source`: the front door, when it is
+    not the current `origin`. `counted=False`: no quota refuses it (the studio's own
+    follow-ups); its tokens are still in the ledger."""
+    interactive = priority == Priority.INTERACTIVE
+    if counted:
+        check_can_generate(user, priority)  # early, unlocked: refused before screening
     entry = model_for(user, model_task or task, model)
     params = with_model_defaults(entry, task, params or {})
     checked = screen(user, screened)
+    came = _origin.get() or Origin()
     with transaction.atomic(savepoint=False):
+        # Counted again under the user's lock, so requests arriving together are counted
+        # one by one: the lock is held until the caller's transaction commits the row.
+        quotas.hold(user)
+        quotas.check(user, interactive=interactive, counted=counted)
         generation = services.create_generation(
             user=user,
             model=entry,
@@ -149,6 +171,9 @@ def submit(
             input=input,
             params=params,
             priority=priority,
+            source=source or came.source,
+            api_key_id=came.api_key_id if source in (None, came.source) else None,
+            reserved_tokens=quotas.reservation(input, params),
         )
         moderation.link(checked, generation_id=generation.pk)
     return generation

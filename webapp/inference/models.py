@@ -27,6 +27,14 @@ class Priority(models.IntegerChoices):
     BACKGROUND = 10
 
 
+class Source(models.TextChoices):
+    """The front door a generation came through, for the usage ledger."""
+
+    WEB = "web", "Web pages"
+    BATCH = "batch", "Batch jobs"
+    API = "api", "API"
+
+
 class Generation(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations"
@@ -57,14 +65,24 @@ class Generation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     first_token_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Usage. Text tasks: the prompt's and the output's tokens; embeddings and moderation:
+    # their input's tokens (prompt_tokens); image classification: the images.
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    images = models.PositiveIntegerField(default=0)
+    # What the token quotas count for it until it finishes (then its real tokens).
+    reserved_tokens = models.PositiveIntegerField(default=0)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.WEB)
+    api_key = models.ForeignKey(
+        "api.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["-queued_at"]
         indexes = [
             models.Index(fields=["user", "-queued_at"]),
             models.Index(fields=["queue", "status"]),
+            models.Index(fields=["queued_at"]),  # the usage dashboard's date range
         ]
 
     def __str__(self) -> str:

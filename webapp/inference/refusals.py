@@ -65,3 +65,21 @@ class InputBlocked(Refused):
         super().__init__(message)
         self.category = category
         self.checked = checked
+
+
+class QuotaExceeded(Refused):
+    """A quota of the user's is used up: requests per minute (`rate_limit_exceeded`) or
+    tokens per day or month (`insufficient_quota`). `limit` names which (e.g.
+    "tokens_per_day"), `allowed` is its value, and `resets_at` (an aware datetime) when it
+    allows again; the message says both."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, code: str, limit: str, allowed: int, resets_at: Any
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.limit = limit
+        self.allowed = allowed
+        self.resets_at = resets_at

@@ -33,6 +33,9 @@ def create_generation(
     input: dict[str, Any],
     params: dict[str, Any],
     priority: Priority = Priority.INTERACTIVE,
+    source: str = "web",
+    api_key_id: int | None = None,
+    reserved_tokens: int = 0,
 ) -> Generation:
     """Store a queued Generation and wake a worker of its model's queue once the
     transaction commits. No check is made here: requests come through
@@ -46,6 +49,9 @@ def create_generation(
         params=params,
         queue=model.queue,
         priority=priority,
+        source=source,
+        api_key_id=api_key_id,
+        reserved_tokens=reserved_tokens,
     )
     queue = model.queue
     transaction.on_commit(lambda: dispatch.wake_worker(queue))
@@ -147,6 +153,7 @@ def finish(
     finish_reason: str = "",
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
+    images: int = 0,
     worker: str | None = None,
     result: Any = None,
 ) -> bool:
@@ -164,6 +171,7 @@ def finish(
             finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            images=images,
             finished_at=timezone.now(),
             **fields,
         )
