@@ -22,6 +22,9 @@
     status.textContent = p.status;
     status.className = "status status-" + p.status;
     $("percent").textContent = p.percent + "%";
+    const reason = $("paused-reason");
+    reason.textContent = p.paused_reason || "";
+    reason.hidden = !p.paused_reason;
     $("bar").setAttribute("aria-valuenow", String(p.percent));
     const total = Math.max(1, p.total);
     $("bar-done").style.width = (100 * p.done / total) + "%";

@@ -16,9 +16,11 @@ from django.http import HttpRequest, HttpResponseBase
 
 from webapp.accounts.models import User
 from webapp.api import keys
-from webapp.api.errors import ApiError, error_response, from_refusal
+from webapp.api.errors import ApiError, add_rate_limit_headers, error_response, from_refusal
 from webapp.api.models import ApiKey
 from webapp.api.schemas import parse_json
+from webapp.inference import front_door
+from webapp.inference.models import Source
 from webapp.inference.refusals import Refused
 from webapp.moderation import services as moderation
 
@@ -70,6 +72,7 @@ def api_view(*methods: str) -> Callable[[View], Any]:
     def decorate(view: View) -> Any:  # an async view, as Django takes it
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            api_request: Any = None
             try:
                 if request.method not in methods:
                     raise ApiError(
@@ -78,14 +81,21 @@ def api_view(*methods: str) -> Callable[[View], Any]:
                         code="method_not_allowed",
                     )
                 key = await sync_to_async(authenticated)(request)
-                api_request: Any = request
+                api_request = request
                 api_request.api_key = key
                 api_request.api_user = key.user
-                return await view(api_request, *args, **kwargs)
+                # Every request this view queues is the key's, in the usage ledger.
+                with front_door.origin(Source.API, key.pk):
+                    response = await view(api_request, *args, **kwargs)
+                await sync_to_async(add_rate_limit_headers)(response, key.user)
+                return response
             except ApiError as error:
                 return error.response()
             except Refused as refused:
-                return from_refusal(refused).response()
+                answer = from_refusal(refused).response()
+                if api_request is not None:
+                    await sync_to_async(add_rate_limit_headers)(answer, api_request.api_user)
+                return answer
             except RequestDataTooBig:
                 return too_large().response()
             except Exception:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -28,8 +28,8 @@ from django.utils import timezone
 from webapp.catalog.models import ModelEntry
 from webapp.inference import front_door
 from webapp.inference import services as inference
-from webapp.inference.models import FINISHED, Generation, Priority, Status
-from webapp.inference.refusals import InputBlocked, ModelUnavailable, NotAllowed
+from webapp.inference.models import FINISHED, Generation, Priority, Source, Status
+from webapp.inference.refusals import InputBlocked, ModelUnavailable, NotAllowed, QuotaExceeded
 from webapp.jobs.models import ItemStatus, Job, JobItem, JobStatus, JobTask
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,15 @@ def _dispatch_locked(job: Job) -> int:
             except InputBlocked as blocked:
                 _fail_item(job, item, blocked.message)
                 continue
-            except NotAllowed:
+            except NotAllowed as refused:
                 # An account that may not generate (suspended, say) generates nothing: the
                 # job waits, paused (resuming is refused until it may again).
-                Job.objects.filter(pk=job.pk).update(status=JobStatus.PAUSED)
-                job.status = JobStatus.PAUSED
+                _pause_for(job, refused.message)
+                return started
+            except QuotaExceeded as exceeded:
+                # A quota used up: the job waits, paused with the reason, and resumes by
+                # itself when the quota allows (`resume_due`, on every worker's heartbeat).
+                _pause_for(job, exceeded.message, resume_at=exceeded.resets_at)
                 return started
             except ModelUnavailable:  # disabled mid-job, or no longer the owner's to use
                 _model_gone(job)
@@ -137,7 +141,17 @@ def _submit(job: Job, entry: ModelEntry, item: JobItem) -> Generation:
         params=request.get("params") or {},
         screened=[front_door.Screened(text, job.task) for text in texts],
         priority=Priority.BACKGROUND,
+        source=Source.BATCH,
     )
+
+
+def _pause_for(job: Job, reason: str, resume_at: datetime | None = None) -> None:
+    Job.objects.filter(pk=job.pk).update(
+        status=JobStatus.PAUSED, paused_reason=reason, resume_at=resume_at
+    )
+    job.status = JobStatus.PAUSED
+    job.paused_reason = reason
+    job.resume_at = resume_at
 
 
 def _model_gone(job: Job) -> None:
@@ -320,8 +334,9 @@ def reconcile(job_id: int) -> None:
 def reconcile_stalled() -> int:
     """Reconcile every job with an item still running whose generation has finished: its
     signal was lost (say, its worker was killed between recording the outcome and the
-    job hearing of it). Workers call this on their heartbeat, so such a job goes on even
-    when nobody has its page open. Returns how many jobs were reconciled."""
+    job hearing of it), and resume the jobs a quota paused whose reset has come. Workers
+    call this on their heartbeat, so such a job goes on even when nobody has its page
+    open. Returns how many jobs were reconciled or resumed."""
     job_ids = set(
         JobItem.objects.filter(
             status=ItemStatus.RUNNING, generation__status__in=FINISHED
@@ -329,14 +344,32 @@ def reconcile_stalled() -> int:
     )
     for job_id in job_ids:
         reconcile(job_id)
-    return len(job_ids)
+    return len(job_ids) + resume_due()
+
+
+def resume_due(now: datetime | None = None) -> int:
+    """Resume the jobs Atelier paused for a quota whose reset has come (a job that still
+    does not fit is paused again, with the new reset). Returns how many it resumed."""
+    due = Job.objects.filter(
+        status=JobStatus.PAUSED, resume_at__isnull=False, resume_at__lte=now or timezone.now()
+    )
+    resumed = 0
+    for job in list(due):
+        try:
+            resume(job)
+        except JobStateError:
+            continue  # resumed or cancelled meanwhile, or the account may not generate
+        resumed += 1
+    return resumed
 
 
 def pause(job: Job) -> None:
     """No new items are dispatched; generations still waiting in the queue are withdrawn
     (their items run again on resume); running ones finish and are recorded."""
     with transaction.atomic():
-        updated = Job.objects.filter(pk=job.pk, status__in=ACTIVE).update(status=JobStatus.PAUSED)
+        updated = Job.objects.filter(pk=job.pk, status__in=ACTIVE).update(
+            status=JobStatus.PAUSED, paused_reason="", resume_at=None
+        )
     if not updated:
         raise JobStateError("Only a queued or running job can be paused.")
     waiting = JobItem.objects.filter(
@@ -347,15 +380,23 @@ def pause(job: Job) -> None:
 
 
 def resume(job: Job) -> None:
+    """Dispatch the job's items again. A quota still used up leaves it paused with the
+    reason and the reset (nothing is lost: it resumes by itself then)."""
     try:
         front_door.check_can_generate(job.user, Priority.BACKGROUND)
     except NotAllowed as exc:
         raise JobStateError(exc.message) from None
+    except QuotaExceeded as exceeded:
+        Job.objects.filter(pk=job.pk, status=JobStatus.PAUSED).update(
+            paused_reason=exceeded.message, resume_at=exceeded.resets_at
+        )
+        raise JobStateError(exceeded.message) from None
+    cleared = {"paused_reason": "", "resume_at": None}
     started = Job.objects.filter(pk=job.pk, started_at__isnull=False)
-    resumed = started.filter(status=JobStatus.PAUSED).update(status=JobStatus.RUNNING)
+    resumed = started.filter(status=JobStatus.PAUSED).update(status=JobStatus.RUNNING, **cleared)
     resumed += Job.objects.filter(
         pk=job.pk, status=JobStatus.PAUSED, started_at__isnull=True
-    ).update(status=JobStatus.QUEUED)
+    ).update(status=JobStatus.QUEUED, **cleared)
     if not resumed:
         raise JobStateError("Only a paused job can be resumed.")
     reconcile(job.pk)
@@ -419,6 +460,7 @@ class Progress:
     percent: int
     per_minute: float | None  # items finished per minute, recently
     eta_seconds: float | None
+    paused_reason: str = ""  # why Atelier paused it (a quota used up: until when)
 
     def as_event(self) -> dict[str, Any]:
         return {"type": "progress", **self.__dict__}
@@ -455,6 +497,7 @@ def progress(job_id: int) -> Progress:
         running=running,
         retryable=retryable,
         percent=job.percent,
+        paused_reason=job.paused_reason if job.status == JobStatus.PAUSED else "",
         per_minute=round(per_second * 60, 1) if per_second else None,
         eta_seconds=eta,
     )

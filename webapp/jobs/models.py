@@ -63,6 +63,10 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Why the job is paused when Atelier paused it (a quota used up, the account
+    # suspended), and when a quota allows it again: it resumes by itself then.
+    paused_reason = models.TextField(blank=True)
+    resume_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
