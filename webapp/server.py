@@ -17,6 +17,7 @@ The run command (webapp/launcher.py), docker-compose.yml and the tests' web serv
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -62,7 +63,8 @@ class AtelierCommandLine(CommandLineInterface):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from django.conf import settings  # the web settings, from DJANGO_SETTINGS_MODULE
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")  # as webapp.asgi does
+    from django.conf import settings
 
     options = daphne_options(settings.ATELIER_MAX_FRAME_BYTES)
     args = sys.argv[1:] if argv is None else argv

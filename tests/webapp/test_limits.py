@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,15 +32,19 @@ def web(test_db_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         yield url
 
 
-@pytest.fixture
-def socket(web: str, alice: Any) -> Iterator[ClientConnection]:
-    with connect(
-        web.replace("http", "ws") + "/ws/chat/",
-        origin=web,  # type: ignore[arg-type]
-        additional_headers={"Cookie": session_cookie(alice)},
+def chat_socket(url: str, user: Any) -> ClientConnection:
+    return connect(
+        url.replace("http", "ws") + "/ws/chat/",
+        origin=url,  # type: ignore[arg-type]
+        additional_headers={"Cookie": session_cookie(user)},
         proxy=None,
         max_size=None,
-    ) as connection:
+    )
+
+
+@pytest.fixture
+def socket(web: str, alice: Any) -> Iterator[ClientConnection]:
+    with chat_socket(web, alice) as connection:
         yield connection
 
 
@@ -92,6 +97,20 @@ def test_a_far_larger_frame_is_refused_with_close_1009_not_a_reset(
     socket: ClientConnection, size: int
 ) -> None:
     assert closed_with(socket, frame_of(size)) == MESSAGE_TOO_BIG
+
+
+def test_the_transport_limit_follows_a_larger_setting(
+    test_db_env: dict[str, str], alice: Any, tmp_path: Path
+) -> None:
+    """With ATELIER_MAX_FRAME_BYTES at 2 MiB, a frame over Daphne's own 1 MiB is read."""
+    env = {**test_db_env, "ATELIER_MAX_FRAME_BYTES": str(2 * MIB)}
+    with web_server(env, tmp_path / "web.log") as url, chat_socket(url, alice) as socket:
+        socket.send(frame_of(int(1.1 * MIB)))
+        assert answer(socket)["code"] == "too_long"  # read: only the content is too long
+        socket.send(frame_of(2 * MIB + 1))
+        event = answer(socket)
+        assert event["code"] == "frame_too_large" and str(2 * MIB) in event["message"]
+        assert closed_with(socket, frame_of(8 * MIB + 1)) == MESSAGE_TOO_BIG
 
 
 def test_a_json_nesting_bomb_is_bad_json(socket: ClientConnection) -> None:
