@@ -19,6 +19,7 @@ urlpatterns = [
     path("moderation/", include("webapp.moderation.urls")),
     path("studio/", include("webapp.studio.urls")),
     path("api-keys/", include("webapp.api.page_urls")),
+    path("usage/", include("webapp.usage.urls")),
     path("v1/", include("webapp.api.urls")),
     path("operations/", include("webapp.operations.urls")),
     path("metrics", metrics, name="metrics"),

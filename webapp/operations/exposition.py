@@ -65,15 +65,12 @@ class _ThisProcess(Collector):
         return iter(REGISTRY.collect())
 
 
-def render(with_state: bool = True) -> bytes:
-    """The exposition text: the processes' metrics, and (unless a worker host's exporter
-    asks without) what is true now."""
+def render() -> bytes:
     registry = CollectorRegistry()
     folder = metrics.multiprocess_dir()
     if folder is not None:
         MultiProcessCollector(registry, folder)
     else:
         registry.register(_ThisProcess())
-    if with_state:
-        registry.register(StateCollector())
+    registry.register(StateCollector())
     return generate_latest(registry)
