@@ -618,6 +618,15 @@ def table(result: dict[str, Any]) -> list[str]:
 # -- main -------------------------------------------------------------------------------
 
 
+def takes_cache_argument() -> bool:
+    """Whether this transformers' models take `cache=` (older ones: past_key_values= only)."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+
+
 def summary(bench: Bench, info: dict[str, Any], device: str) -> None:
     bench.result["seconds"] = round(bench.elapsed(), 1)
     bench.save()
@@ -668,6 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.paged}; steps {args.steps}; budget {args.budget:.0f}s, deadline "
         f"{args.deadline:.0f}s"
     )
+    if not takes_cache_argument():
+        log(
+            f"transformers {transformers.__version__} models take no cache= argument, which "
+            "generation/batching.py passes (transformers >= 5.24): install .gpu/whl first"
+        )
+        return 2
     if "django" in sys.modules:  # the device machine has no Django: keep it that way here
         log("warning: django was imported; the GPU machine has none")
     timer = watchdog(bench, info, device)

@@ -228,6 +228,10 @@ if PROMETHEUS_MULTIPROC_DIR:
 # <token>), or addresses and networks (e.g. 10.0.0.0/8,127.0.0.1) that may read it without.
 ATELIER_METRICS_TOKEN = env_secret("ATELIER_METRICS_TOKEN")
 ATELIER_METRICS_ALLOW = env_list("ATELIER_METRICS_ALLOW", [])
+# A worker host without a web process serves its folder's metrics on this port (0: not),
+# under the same rules (webapp/operations/host_exporter.py).
+ATELIER_METRICS_PORT = env_int("ATELIER_METRICS_PORT", 0)
+ATELIER_METRICS_HOST = env_str("ATELIER_METRICS_HOST", "0.0.0.0")
 
 LOGGING = {
     "version": 1,

@@ -15,6 +15,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown  # noqa: E
 from django.conf import settings  # noqa: E402
 
 from webapp.celery_config import celery_config  # noqa: E402
+from webapp.operations import host_exporter  # noqa: E402
 from workers import scheduler  # noqa: E402
 from workers.heartbeat import Heartbeat  # noqa: E402
 
@@ -45,6 +46,7 @@ def _start_heartbeat(sender: Any, **kwargs: Any) -> None:
     _heartbeat = Heartbeat(names)
     _heartbeat.start()
     scheduler.start(names)
+    host_exporter.start()  # this host's metrics, when ATELIER_METRICS_PORT asks for it
 
 
 @worker_shutdown.connect

@@ -7,6 +7,8 @@ who may read /metrics."""
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from webapp.inference import liveness
 from webapp.inference import services as inference
 from webapp.inference.models import Generation, Status
 from webapp.moderation import services as moderation
-from webapp.operations import folder, worker_status
+from webapp.operations import folder, host_exporter, metrics, worker_status
+from webapp.private_redis import free_port
 from workers import model_cache
 
 pytestmark = pytest.mark.django_db
@@ -209,10 +212,32 @@ async def test_open_websockets_are_counted_until_they_close(alice: Any) -> None:
 def test_the_run_command_empties_the_metrics_folder_and_names_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(folder.VARIABLE, raising=False)
+    monkeypatch.setenv(folder.VARIABLE, "")  # unset for prepare(); restored (unset) after
     stale = tmp_path / "metrics" / "counter_123.db"
     stale.parent.mkdir()
     stale.write_bytes(b"old")
     prepared = folder.prepare(tmp_path)
     assert prepared == tmp_path / "metrics" and not stale.exists()
     assert os.environ[folder.VARIABLE] == str(prepared)
+
+
+def test_a_worker_hosts_exporter_serves_its_metrics_under_the_same_rules(settings: Any) -> None:
+    settings.ATELIER_METRICS_TOKEN, settings.ATELIER_METRICS_ALLOW = TOKEN, []
+    metrics.model_load_failed("exported-model")
+    server = host_exporter.start(port=free_port(), host="127.0.0.1")
+    assert server is not None
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 403
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    families = {family.name for family in text_string_to_metric_families(text)}
+    assert 'atelier_model_loads_total{model="exported-model",outcome="failed"}' in text
+    assert "atelier_requests_waiting" not in families  # read at scrape time by the web only
+    assert host_exporter.start(port=0) is None  # not asked for: no exporter

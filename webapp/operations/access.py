@@ -17,8 +17,8 @@ class Access(Enum):
     ALLOWED = "allowed"
 
 
-def _bearer(request: HttpRequest) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+def _bearer(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
@@ -37,13 +37,18 @@ def _allowed_address(address: str, allowed: list[str]) -> bool:
 
 
 def metrics_access(request: HttpRequest) -> Access:
+    return access_for(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR", ""))
+
+
+def access_for(authorization: str, address: str) -> Access:
+    """A request's access from its Authorization header and its client's address."""
     token: str = settings.ATELIER_METRICS_TOKEN
     allowed: list[str] = settings.ATELIER_METRICS_ALLOW
     if not token and not allowed:
         return Access.CLOSED
-    given = _bearer(request)
+    given = _bearer(authorization)
     if token and given and hmac.compare_digest(given.encode(), token.encode()):
         return Access.ALLOWED
-    if allowed and _allowed_address(request.META.get("REMOTE_ADDR", ""), allowed):
+    if allowed and _allowed_address(address, allowed):
         return Access.ALLOWED
     return Access.DENIED

@@ -65,12 +65,15 @@ class _ThisProcess(Collector):
         return iter(REGISTRY.collect())
 
 
-def render() -> bytes:
+def render(with_state: bool = True) -> bytes:
+    """The exposition text: the processes' metrics, and (unless a worker host's exporter
+    asks without) what is true now."""
     registry = CollectorRegistry()
     folder = metrics.multiprocess_dir()
     if folder is not None:
         MultiProcessCollector(registry, folder)
     else:
         registry.register(_ThisProcess())
-    registry.register(StateCollector())
+    if with_state:
+        registry.register(StateCollector())
     return generate_latest(registry)
