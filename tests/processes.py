@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -133,3 +135,62 @@ def session_cookie(user: Any) -> str:
     session["_auth_user_hash"] = user.get_session_auth_hash()
     session.create()
     return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of a test's own (initdb in a temporary folder, a free port), so
+    that a test can stop and start it under running processes; never the shared server.
+    Started as the `postgres` user when run as root (PostgreSQL refuses root)."""
+
+    def __init__(self) -> None:
+        import glob
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        self.bin = Path(os.environ.get("ATELIER_TEST_PG_BIN") or Path(found[-1]).parent)
+        # Not under pytest's tmp_path: the postgres user must be able to reach the folder.
+        self.workdir = Path(tempfile.mkdtemp(prefix="atelier-test-postgres-"))
+        self.port = free_port()
+        self.data = self.workdir / "data"
+
+    def url(self, name: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def _run(self, tool: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        command = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, check=True, capture_output=True, **kwargs)
+
+    def create(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.workdir / "postgres.log")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        """A fast shutdown, as a restart by an administrator or a service manager does:
+        every connection is closed under its client."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def copy_database(self, settings_dict: dict[str, Any], name: str) -> str:
+        """A copy of a database of the shared server (e.g. this run's test database, with
+        the rows a test made) in this cluster; returns its URL."""
+        source = database_url(settings_dict)
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        dump = subprocess.run(
+            [str(self.bin / "pg_dump"), "--no-owner", "-Fc", source],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        self._run("pg_restore", "--no-owner", "-d", self.url(name), input=dump)
+        return self.url(name)
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

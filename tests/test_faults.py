@@ -1,6 +1,7 @@
 """Fault injection with real processes (Daphne, Celery workers, a Redis of the test's own):
 a worker killed with SIGKILL mid-generation, Redis restarted, the web process restarted
-mid-stream. Each checks what the user sees over a real WebSocket and what is stored."""
+mid-stream, PostgreSQL (a cluster of the test's own) restarted mid-stream. Each checks what
+the user sees over a real WebSocket and what is stored."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from django.db import connection
 from websockets.sync.client import ClientConnection, connect
 
-from tests.processes import celery_worker, session_cookie, web_server
+from tests.processes import PrivatePostgres, celery_worker, session_cookie, web_server
 from webapp.inference.models import Generation, Status
 from webapp.private_redis import PrivateRedis, free_port
 
@@ -192,3 +195,55 @@ def test_a_restarted_web_process_resumes_the_stream_exactly(
     generation = Generation.objects.get(pk=generation_id)
     assert done["status"] == "done" and generation.completion_tokens == 300
     assert stream_text(events) == generation.output == done["text"]
+
+
+def test_a_postgresql_restart_mid_stream_loses_nothing(
+    alice: Any, queue: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """PostgreSQL stops under a web process and a worker streaming a reply: while it is
+    away, a message gets an error the page can act on (the socket stays open); the reply
+    streams on and is stored whole once the database is back, and the next message works."""
+    cookie = session_cookie(alice)  # stored before the database is copied
+    postgres = PrivatePostgres()
+    try:
+        postgres.create()
+        database = postgres.copy_database(connection.settings_dict, "atelier")
+        # A request waits 2 s for a connection (5 s by default) before it is told.
+        env = {**env, "DATABASE_URL": database, "ATELIER_DB_POOL_TIMEOUT": "2"}
+        with ExitStack() as stack:
+            url = stack.enter_context(web_server(env, tmp_path / "web.log"))
+            stack.enter_context(celery_worker(env, [queue], tmp_path / "worker.log"))
+            streaming, other = Socket(stack, url, cookie), Socket(stack, url, cookie)
+            streaming.send(type="message", content="Go on", temperature=1.0, seed=3, max_tokens=400)
+            generation_id = streaming.until(lambda e: e["type"] == "accepted")["generation"]
+            streaming.until(lambda e: e["type"] == "token")
+            postgres.stop()
+            other.send(type="message", content="Still there?", temperature=0, max_tokens=8)
+            refused = other.until(lambda e: e["type"] == "error", timeout=30)
+            assert refused["code"] == "database_unavailable", refused
+            postgres.start()
+            back = time.monotonic()
+            next_done = None
+            while next_done is None and time.monotonic() - back < 30:
+                other.send(type="message", content="And now?", temperature=0, max_tokens=8)
+                event = other.until(lambda e: e["type"] in ("done", "error"), timeout=30)
+                if event["type"] == "done":
+                    next_done = event
+                else:
+                    assert event["code"] == "database_unavailable", event
+                    time.sleep(0.5)
+            next_after = time.monotonic() - back
+            done = streaming.until(lambda e: e["type"] == "done", timeout=120)
+        with psycopg.connect(database.replace("postgres://", "postgresql://")) as db:
+            row = db.execute(
+                "SELECT status, output, completion_tokens FROM inference_generation WHERE id = %s",
+                (generation_id,),
+            ).fetchone()
+    finally:
+        postgres.remove()
+    assert done["status"] == "done" and row == ("done", done["text"], 400), (done, row)
+    assert stream_text(streaming.events) == done["text"]
+    assert_in_order(streaming.events)
+    assert next_done is not None and next_done["status"] == "done", other.events[-5:]
+    print(f"PostgreSQL back -> the next message's reply done in {next_after:.1f} s")
+    assert next_after < 30

@@ -73,6 +73,17 @@ def database_from_url(url: str, base_dir: Path) -> dict[str, Any]:
             # many messages are stored at once. Persistent connections cannot be pooled.
             "CONN_MAX_AGE": 0,
             "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": {"pool": {"min_size": 1, "max_size": env_int("ATELIER_DB_POOL_SIZE", 20)}},
+            # While the database restarts: a request waits at most ATELIER_DB_POOL_TIMEOUT
+            # seconds for a connection (then the page is told so), and the pool retries a
+            # lost server for 2 s at a time rather than with a backoff that grows to
+            # minutes, so the first request after the restart connects at once.
+            "OPTIONS": {
+                "pool": {
+                    "min_size": 1,
+                    "max_size": env_int("ATELIER_DB_POOL_SIZE", 20),
+                    "timeout": env_int("ATELIER_DB_POOL_TIMEOUT", 5),
+                    "reconnect_timeout": 2,
+                }
+            },
         }
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (sqlite or postgres)")

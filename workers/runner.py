@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from django.db import DatabaseError
 
 from generation.batching import BatchOutOfMemory
 from generation.loading import LoadedModel
@@ -27,6 +28,7 @@ from webapp.moderation import services as moderation
 from webapp.moderation.guard import OutputGuard
 from webapp.moderation.models import Direction
 from workers import handlers, heartbeat, model_cache, screening
+from workers.database import while_database_away
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,11 @@ class Run:
         if not piece:
             return
         if self.first_piece:
-            services.mark_first_token(self.generation_id)
             self.first_piece = False
+            try:
+                services.mark_first_token(self.generation_id)
+            except DatabaseError as exc:  # a timing only: the reply streams on regardless
+                log.warning("generation %s: no first token time: %s", self.generation_id, exc)
         self.writer.add(piece)
 
     def on_text(self, piece: str) -> None:
@@ -232,16 +237,19 @@ def record(run: Run, outcome: handlers.Outcome) -> None:
         # The withheld text never reached the stream; the reply becomes the notice.
         status, output, finish_reason = Status.BLOCKED, guard.notice, "blocked"
     run.writer.flush()
-    recorded = services.finish(
-        run.generation_id,
-        status=status,
-        output=output,
-        result=outcome.result,
-        finish_reason=finish_reason,
-        prompt_tokens=stats.prompt_tokens,
-        completion_tokens=stats.completion_tokens,
-        images=outcome.images,
-        worker=heartbeat.WORKER_NAME,
+    recorded = while_database_away(
+        lambda: services.finish(
+            run.generation_id,
+            status=status,
+            output=output,
+            result=outcome.result,
+            finish_reason=finish_reason,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            images=outcome.images,
+            worker=heartbeat.WORKER_NAME,
+        ),
+        f"generation {run.generation_id}: recording its outcome",
     )
     if not recorded:  # taken for dead and requeued meanwhile: the new run owns the stream
         log.warning("generation %s: finished after it was requeued; dropped", run.generation_id)
@@ -307,24 +315,31 @@ def fail(run: Run, message: str, partial: str = "") -> None:
     """End the generation as failed with the message, keeping what was streamed."""
     worker = heartbeat.WORKER_NAME
     stored = partial
+    what = f"generation {run.generation_id}: recording its failure"
     try:
-        recorded = services.finish(
-            run.generation_id,
-            status=Status.FAILED,
-            error=message,
-            output=partial,
-            finish_reason="error",
-            worker=worker,
+        recorded = while_database_away(
+            lambda: services.finish(
+                run.generation_id,
+                status=Status.FAILED,
+                error=message,
+                output=partial,
+                finish_reason="error",
+                worker=worker,
+            ),
+            what,
         )
     except Exception:  # e.g. the partial text itself was refused: keep the verdict at least
         log.exception("generation %s: could not store the partial text", run.generation_id)
         stored = ""
-        recorded = services.finish(
-            run.generation_id,
-            status=Status.FAILED,
-            error=message,
-            finish_reason="error",
-            worker=worker,
+        recorded = while_database_away(
+            lambda: services.finish(
+                run.generation_id,
+                status=Status.FAILED,
+                error=message,
+                finish_reason="error",
+                worker=worker,
+            ),
+            what,
         )
     if not recorded:
         return

@@ -21,7 +21,9 @@ def test_postgres_url_parts() -> None:
     )  # fmt: skip
     # A pool per process, each connection checked as it is handed out (pooled connections
     # cannot also be persistent).
-    assert db["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 20}
+    assert db["OPTIONS"]["pool"] == {
+        "min_size": 1, "max_size": 20, "timeout": 5, "reconnect_timeout": 2,
+    }  # fmt: skip
     assert (db["CONN_MAX_AGE"], db["CONN_HEALTH_CHECKS"]) == (0, True)
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 
 from webapp.accounts.models import User
 from webapp.chat import services
@@ -31,6 +31,13 @@ from webapp.inference.relay import Relay
 from webapp.operations import metrics
 
 R = TypeVar("R")
+# The database is away for a moment (restarting): nothing was stored, and the same frame
+# can be sent again once it is back.
+DATABASE_AWAY = "database_unavailable"
+DATABASE_AWAY_MESSAGE = (
+    "The database is unavailable for a moment, so this was not saved; try again in a few "
+    "seconds. Replies already streaming carry on."
+)
 # Storing a message (and queueing its reply) runs on a pool of its own, not on Channels'
 # single database thread: when many people send at once, their transactions run side by
 # side (PostgreSQL) instead of one after another. SQLite takes its write lock in turn.
@@ -116,6 +123,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error(exc.code, exc.message)
         except Refused as exc:
             await self.send_error(error_code(exc), exc.message)
+        except (OperationalError, InterfaceError) as exc:  # e.g. PostgreSQL restarting
+            log.warning("chat consumer: the database is unavailable: %s", exc)
+            await self.send_error(DATABASE_AWAY, DATABASE_AWAY_MESSAGE)
         except Exception:
             log.exception("chat consumer: unexpected error for user %s", self.user.pk)
             await self.send_error(
