@@ -7,11 +7,13 @@ The WebSocket frames are in tests/webapp/test_limits.py (a real web server)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import io
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -33,7 +35,7 @@ from webapp.api import keys
 from webapp.catalog.models import ModelEntry
 from webapp.chat.models import Conversation
 from webapp.inference.models import Generation
-from webapp.jobs.models import ItemStatus, Job
+from webapp.jobs.models import ItemStatus, Job, Upload
 from webapp.studio.documents import read_document
 
 pytestmark = pytest.mark.django_db
@@ -373,3 +375,67 @@ def test_a_full_disk_refuses_the_upload_clearly_and_keeps_what_was_stored(
             (root / "filler").unlink(missing_ok=True)
             assert classify(client, "third.png", png()).status_code == 302  # room again
             assert Generation.objects.count() == 2 and kept.read_bytes() == first
+
+
+@contextlib.contextmanager
+def database_on_small_disk(tables: list[str], size_kib: int) -> Iterator[None]:
+    """The tables (and their TOAST tables) moved to a PostgreSQL tablespace on a tmpfs of
+    `size_kib` KiB, and back afterwards. Needs root and the PostgreSQL server on this
+    machine; the test is skipped otherwise."""
+    from django.db import connection
+
+    host = connection.settings_dict.get("HOST") or "localhost"
+    if connection.vendor != "postgresql" or host not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip("needs the PostgreSQL server on this machine")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small filesystem for PostgreSQL")
+    name = f"atelier_test_small_{os.getpid()}"
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chmod(scratch, 0o711)  # the server's user passes through to its folder
+        where = Path(scratch) / "tablespace"
+        with small_disk(where, size_kib) as kind:
+            assert kind == "tmpfs"  # PostgreSQL's own writes are not limited by our rlimit
+            shutil.chown(where, "postgres", "postgres")
+            with connection.cursor() as cursor:
+                cursor.execute(f"CREATE TABLESPACE {name} LOCATION '{where}'")
+                try:
+                    for table in tables:  # without the dead rows of earlier tests
+                        cursor.execute(f"VACUUM FULL {table}")
+                        cursor.execute(f"ALTER TABLE {table} SET TABLESPACE {name}")
+                    yield
+                finally:
+                    for table in tables:
+                        cursor.execute(f"ALTER TABLE {table} SET TABLESPACE pg_default")
+                    cursor.execute(f"DROP TABLESPACE {name}")
+
+
+def text_of(size: int) -> bytes:
+    """Text that PostgreSQL cannot compress much (base64 of random bytes), one line."""
+    return base64.b64encode(os.urandom(size * 3 // 4))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("summarizer")
+def test_a_full_database_disk_refuses_job_files_clearly_and_keeps_what_was_stored(
+    alice: Any,
+) -> None:
+    """Job files and their items live in PostgreSQL: with its disk full, the upload and
+    the new job each get the form's error, and what was stored before is all there."""
+    client = logged_in(alice)
+    lines = [text_of(90_000) for _ in range(4)]
+    stored = b"\n".join(lines) + b"\n"
+    configure = upload(client, "first.txt", stored)["Location"]
+    choices = {"text_mode": "lines", "length": "short", "model": ModelEntry.objects.get().pk}
+    # The stored file moves there too: 360 KB of 512; the rest is too little for either.
+    with database_on_small_disk(["jobs_upload", "jobs_jobitem"], 512):
+        response = upload(client, "second.txt", text_of(400_000))
+        assert response.status_code == 200
+        assert "no room to store the file right now; nothing was saved" in response.content.decode()
+        response = client.post(configure, choices)
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "The job could not be created: the server has no room" in page
+        assert not Job.objects.exists()
+        assert bytes(Upload.objects.get().data) == stored
+    assert client.post(configure, choices).status_code == 302  # room again
+    assert [item.text.encode() for item in Job.objects.get().items.all()] == lines

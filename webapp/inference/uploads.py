@@ -17,6 +17,21 @@ from generation.images import MAX_PIXELS, image_size, sniff_format
 
 log = logging.getLogger(__name__)
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota used up, file too big
+NO_ROOM_MESSAGE = (
+    "the server has no room to store the file right now; nothing was saved: "
+    "try again later, or tell an administrator"
+)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """True when a write failed for want of disk space: a file's (ENOSPC and the like) or
+    the database's (PostgreSQL's disk_full, SQLSTATE 53100; SQLite's SQLITE_FULL, 13)."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_ROOM
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) == "53100" or (
+        getattr(cause, "sqlite_errorcode", None) == 13
+    )
 
 
 class UploadError(ValueError):
@@ -74,11 +89,8 @@ def _write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         log.error("could not store an upload in %s: %s", path.parent, exc)
-        if exc.errno in NO_ROOM:
-            raise UploadError(
-                "the server has no room to store the file right now; nothing was saved: "
-                "try again later, or tell an administrator"
-            ) from None
+        if out_of_space(exc):
+            raise UploadError(NO_ROOM_MESSAGE) from None
         raise UploadError("the server could not store the file; nothing was saved") from None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.text import get_valid_filename
@@ -13,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp.accounts.models import User
 from webapp.catalog.services import usable_models
-from webapp.inference import front_door
+from webapp.inference import front_door, uploads
 from webapp.inference.models import Priority
 from webapp.inference.refusals import Refused
 from webapp.jobs import engine, inputs, results, services
@@ -55,8 +56,14 @@ def job_list(request: HttpRequest) -> HttpResponse:
             except (inputs.InputError, Refused) as exc:
                 form.add_error("file", str(exc))
             else:
-                kept = services.keep_upload(user, upload.name, task, data)
-                return redirect("jobs:configure", upload_id=kept.pk)
+                try:
+                    kept = services.keep_upload(user, upload.name, task, data)
+                except DatabaseError as exc:
+                    if not uploads.out_of_space(exc):
+                        raise
+                    form.add_error("file", f"{upload.name!r}: {uploads.NO_ROOM_MESSAGE}.")
+                else:
+                    return redirect("jobs:configure", upload_id=kept.pk)
     jobs = Job.objects.filter(user=user)[:200]
     return render(request, "jobs/list.html", {"jobs": jobs, "form": form})
 
@@ -112,6 +119,10 @@ def configure(request: HttpRequest, upload_id: int) -> HttpResponse:
             )
         except Refused as exc:
             problem = exc.message
+        except DatabaseError as exc:  # the job and its items are rolled back together
+            if not uploads.out_of_space(exc):
+                raise
+            problem = f"The job could not be created: {uploads.NO_ROOM_MESSAGE}."
         else:
             upload.delete()
             return redirect("jobs:job", job_id=job.pk)
