@@ -391,7 +391,7 @@ def database_on_small_disk(tables: list[str], size_kib: int) -> Iterator[None]:
         pytest.skip("needs root to mount a small filesystem for PostgreSQL")
     name = f"atelier_test_small_{os.getpid()}"
     with tempfile.TemporaryDirectory() as scratch:
-        os.chmod(scratch, 0o711)  # the server's user passes through to its folder
+        os.chmod(scratch, 0o711)  # noqa: S103 - PostgreSQL's user passes through (x only)
         where = Path(scratch) / "tablespace"
         with small_disk(where, size_kib) as kind:
             assert kind == "tmpfs"  # PostgreSQL's own writes are not limited by our rlimit
