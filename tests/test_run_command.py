@@ -30,14 +30,17 @@ from generation.specs import ModelSpec, SamplingParams
 from generation.starter import prepare_smollm2
 from generation.starter_pack import STARTER_PACK
 from generation.streaming import TokenStream
+from tests.conftest import DIRECT_QUEUE
 from tests.processes import ROOT, session_cookie
 from tests.test_faults import Socket, assert_in_order, stream_text
+from webapp import launcher
 from webapp.catalog.models import ModelEntry
 from webapp.catalog.services import usable_model
 from webapp.inference import services
 from webapp.inference.models import Generation, Status
 from webapp.inference.refusals import ModelUnavailable
 from webapp.private_redis import free_port, redis_answers
+from workers.heartbeat import Heartbeat
 
 pytestmark = pytest.mark.e2e
 
@@ -321,9 +324,6 @@ def test_a_worker_started_under_its_predecessors_name_requeues_its_work_first(
     """A restarted container gives the new worker process its predecessor's host and pid,
     so its name looks alive again: the new one requeues what the old one held, before it
     claims anything, and leaves other workers' generations alone."""
-    from tests.conftest import DIRECT_QUEUE
-    from workers.heartbeat import Heartbeat
-
     held, other = (
         services.create_generation(
             user=alice, model=chat_model, task="chat", input={"messages": []}, params={}
@@ -335,3 +335,23 @@ def test_a_worker_started_under_its_predecessors_name_requeues_its_work_first(
     Heartbeat([DIRECT_QUEUE], name="box:7").requeue_predecessors_work()
     statuses = dict(Generation.objects.values_list("pk", "status"))
     assert statuses == {held: Status.QUEUED, other: Status.RUNNING}
+
+
+def test_a_process_that_keeps_dying_is_restarted_with_a_growing_pause_then_given_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(launcher, "FIRST_DELAY", 0.1)  # seconds, not the run command's 1
+    dying = launcher.Child(
+        "worker", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ)
+    )
+    exits: list[int] = []
+    supervisor = launcher.Supervisor(
+        [dying], on_exit=lambda child, pid: exits.append(pid), limit=2, window=60
+    )
+    with pytest.raises(launcher.CrashLoop, match=r"exited with code 3: 3 exits within 60 s"):
+        supervisor.run()
+    assert len(set(exits)) == 3  # each exit seen once, each a process of its own
+    said = capsys.readouterr().out
+    assert "The worker process exited with code 3; restarting in 0 s." in said  # 0.1 s
+    assert dying.delay == pytest.approx(0.2)  # doubled after the second quick exit
+    assert launcher.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"

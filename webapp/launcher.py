@@ -121,9 +121,9 @@ class Supervisor:
         child.exits = [t for t in child.exits if now - t < self.window] + [now]
         if len(child.exits) > self.limit:
             raise CrashLoop(
-                f"The {child.name} process {describe_exit(code)}, its {len(child.exits)}th "
-                f"exit within {self.window:.0f} s; giving up (a crash loop): see its output "
-                "above. Stopping Atelier."
+                f"The {child.name} process {describe_exit(code)}: {len(child.exits)} exits "
+                f"within {self.window:.0f} s, a crash loop; giving up (see its output above). "
+                "Stopping Atelier."
             )
         stable = now - child.started_at >= STABLE_SECONDS
         child.delay = FIRST_DELAY if stable else min(MAX_DELAY, max(FIRST_DELAY, 2 * child.delay))
@@ -182,6 +182,9 @@ def main() -> int:
         _say(str(exc))
         return 1
     finally:
+        # A second Ctrl-C must not cut the stopping short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if supervisor:
             supervisor.stop()
         if private:
