@@ -162,6 +162,7 @@ def test_a_cancelled_batch_lists_what_did_not_run(alice: Any, chat_model: ModelE
     ("lines", "message"),
     [
         (["not json"], "Line 1 is not valid JSON"),
+        ([chat_line("a", "x"), "[" * 100_000 + "]" * 100_000], "Line 2 is not valid JSON"),
         (
             [json.dumps({"method": "POST", "url": "/v1/embeddings", "body": {}})],
             "Line 1 has no 'custom_id'",

@@ -88,6 +88,18 @@ def test_requests_a_minute_are_refused_with_their_code_and_allowed_again_after_t
     submit(alice)
 
 
+@override_settings(ATELIER_REQUESTS_PER_MINUTE=1, ATELIER_MAX_CONCURRENT_GENERATIONS=10)
+def test_refusals_are_counted_for_metrics_by_code(alice: Any, chat_model: Any) -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"task": "chat", "code": "rate_limit_exceeded"}
+    before = REGISTRY.get_sample_value("atelier_requests_refused_total", labels) or 0.0
+    submit(alice)
+    with pytest.raises(QuotaExceeded):
+        submit(alice)
+    assert REGISTRY.get_sample_value("atelier_requests_refused_total", labels) == before + 1
+
+
 @override_settings(ATELIER_TOKENS_PER_DAY=100, ATELIER_MAX_CONCURRENT_GENERATIONS=10)
 def test_the_days_tokens_count_real_tokens_once_finished_and_reset_the_next_day(
     alice: Any, chat_model: Any

@@ -91,7 +91,7 @@ def read_lines(data: bytes) -> list[dict[str, Any]]:
             continue
         try:
             item = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to read
             raise bad_field("file", f"Line {number} is not valid JSON.") from None
         if not isinstance(item, dict):
             raise bad_field("file", f"Line {number} is not a JSON object.")

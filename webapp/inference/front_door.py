@@ -31,8 +31,10 @@ from webapp.inference.refusals import (
     InputBlocked,
     InvalidInput,
     NotAllowed,
+    Refused,
     Suspended,
 )
+from webapp.inference.signals import request_refused
 from webapp.moderation import services as moderation
 
 
@@ -152,6 +154,27 @@ def submit(
     conversation's title is written by a chat model). `source`: the front door, when it is
     not the current `origin`. `counted=False`: no quota refuses it (the studio's own
     follow-ups); its tokens are still in the ledger."""
+    try:
+        return _submit(
+            user, task, model, input, params, screened, priority, model_task, source, counted
+        )
+    except Refused as refused:
+        request_refused.send_robust(sender=None, task=task, code=refused.code)
+        raise
+
+
+def _submit(
+    user: User,
+    task: str,
+    model: ModelEntry | int | None,
+    input: dict[str, Any],
+    params: dict[str, Any] | None,
+    screened: Sequence[Screened],
+    priority: Priority,
+    model_task: str | None,
+    source: Source | None,
+    counted: bool,
+) -> Generation:
     interactive = priority == Priority.INTERACTIVE
     if counted:
         check_can_generate(user, priority)  # early, unlocked: refused before screening

@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import mark_process_dead
 
 from webapp.inference.models import Generation
-from webapp.inference.signals import generation_finished
+from webapp.inference.signals import generation_finished, request_refused
 
 
 def process_identifier() -> str:
@@ -79,6 +79,12 @@ E2E_LATENCY = Histogram(
     ["model", "task", "outcome"],
     buckets=_E2E_BUCKETS,
 )
+REFUSED = Counter(
+    "atelier_requests_refused",
+    "Requests the front door refused before queueing, by the refusal's code "
+    "(input_blocked, rate_limit_exceeded, insufficient_quota, limit_reached, ...).",
+    ["task", "code"],
+)
 MODERATION_VERDICTS = Counter(
     "atelier_moderation_verdicts",
     "Content-policy verdicts, by direction (input, output), action and category.",
@@ -110,6 +116,7 @@ def connect() -> None:
     mode, drop the gauges a dead process with this pid left, and drop this process's own
     at exit, so that open WebSockets are those of live processes."""
     generation_finished.connect(_on_generation_finished, dispatch_uid="operations.metrics")
+    request_refused.connect(_on_request_refused, dispatch_uid="operations.metrics.refused")
     folder = multiprocess_dir()
     if folder is not None:
         mark_process_dead(process_identifier(), folder)
@@ -138,6 +145,10 @@ def _on_generation_finished(sender: Any, generation_id: int, status: str, **kwar
     row = Generation.objects.filter(pk=generation_id).values(*FINISHED_FIELDS).first()
     if row is not None:
         observe_finished(row)
+
+
+def _on_request_refused(sender: Any, task: str, code: str, **kwargs: Any) -> None:
+    REFUSED.labels(task=task, code=code).inc()
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
