@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from generation.images import FORMAT_NAMES, sniff_format
+from generation.images import FORMAT_NAMES, MAX_PIXELS, sniff_format
 from generation.loading import LoadedModel
 from generation.specs import GenerationError
 
@@ -33,7 +33,7 @@ class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     # Below Pillow's own bomb threshold (Image.MAX_IMAGE_PIXELS, ~89 M): ours is checked
     # first, so Pillow's warning never fires for an image we accept.
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
 
 
 def decode_image(data: bytes, limits: ImageLimits | None = None) -> Any:

@@ -7,11 +7,10 @@ and blocked texts also get a `ModerationEvent`, which is what the review queue l
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import chain
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +21,7 @@ from django.utils import timezone
 
 from generation.safety import Action, RuleError, RuleSet, Verdict
 from webapp.accounts.models import User
+from webapp.csv_lines import csv_lines, safe_cell
 from webapp.moderation import config
 from webapp.moderation.models import (
     AllowedPhrase,
@@ -412,26 +412,11 @@ def audit_entries(*, action: str = "", actor: str = "", subject: str = "") -> Qu
 CSV_COLUMNS = ("time", "actor", "action", "target_type", "target_id", "user", "summary")
 
 
-def _csv_safe(value: str) -> str:
-    """A cell a spreadsheet will not run as a formula (CSV injection)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def audit_csv(entries: QuerySet[AuditEntry]) -> Iterator[str]:
     """The entries as CSV lines, header first (streamed: the trail may be long)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-
-    def line(row: Iterable[str]) -> str:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow(row)
-        return buffer.getvalue()
-
-    yield line(CSV_COLUMNS)
-    for entry in entries.order_by("created_at", "id").iterator(chunk_size=1000):
-        yield line(
-            _csv_safe(value)
+    rows = (
+        [
+            safe_cell(value)
             for value in (
                 entry.created_at.isoformat(),
                 entry.actor_name,
@@ -441,7 +426,10 @@ def audit_csv(entries: QuerySet[AuditEntry]) -> Iterator[str]:
                 entry.subject_name,
                 entry.summary,
             )
-        )
+        ]
+        for entry in entries.order_by("created_at", "id").iterator(chunk_size=1000)
+    )
+    return csv_lines(chain([CSV_COLUMNS], rows))
 
 
 def purge_audit(days: int | None = None, actor: User | None = None) -> int:

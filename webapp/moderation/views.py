@@ -16,6 +16,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from webapp.accounts.models import User
+from webapp.accounts.permissions import staff_required
 from webapp.moderation import services
 from webapp.moderation.models import (
     AuditEntry,
@@ -25,7 +26,6 @@ from webapp.moderation.models import (
     Suspension,
     VerdictAction,
 )
-from webapp.moderation.permissions import moderator_required
 
 PAGE_SIZE = 50
 
@@ -57,7 +57,7 @@ def _context_of(event: ModerationEvent) -> str:
 
 
 @require_GET
-@moderator_required
+@staff_required("review moderation")
 def queue(request: HttpRequest) -> HttpResponse:
     status = _choice(
         request, "status", {"", "all", *ReviewStatus.values}, default=ReviewStatus.PENDING
@@ -128,7 +128,7 @@ def _back(request: HttpRequest, default: str) -> HttpResponse:
 
 
 @require_POST
-@moderator_required
+@staff_required("review moderation")
 def review(request: HttpRequest, event_id: int) -> HttpResponse:
     event = get_object_or_404(ModerationEvent.objects.select_related("user"), pk=event_id)
     actor = request.user
@@ -157,7 +157,7 @@ def review(request: HttpRequest, event_id: int) -> HttpResponse:
 
 
 @require_GET
-@moderator_required
+@staff_required("review moderation")
 def suspensions(request: HttpRequest) -> HttpResponse:
     active = Suspension.objects.filter(lifted_at__isnull=True).select_related("user", "created_by")
     recent = Suspension.objects.filter(lifted_at__isnull=False).select_related("user", "lifted_by")[
@@ -172,7 +172,7 @@ def suspensions(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-@moderator_required
+@staff_required("review moderation")
 def lift(request: HttpRequest, suspension_id: int) -> HttpResponse:
     suspension = get_object_or_404(Suspension.objects.select_related("user"), pk=suspension_id)
     actor = request.user
@@ -233,7 +233,7 @@ def _audit_link(entry: AuditEntry) -> str:
 
 
 @require_GET
-@moderator_required
+@staff_required("review moderation")
 def audit(request: HttpRequest) -> HttpResponse:
     filters = _audit_filters(request)
     show_routine = request.GET.get("routine") == "show"
@@ -258,7 +258,7 @@ def audit(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-@moderator_required
+@staff_required("review moderation")
 def audit_csv(request: HttpRequest) -> StreamingHttpResponse:
     filters = _audit_filters(request)
     entries = services.audit_entries(**filters)

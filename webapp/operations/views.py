@@ -9,7 +9,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from webapp.moderation.permissions import moderator_required
+from webapp.accounts.permissions import staff_required
 from webapp.operations import exposition, overview
 from webapp.operations.access import Access, metrics_access
 
@@ -26,13 +26,13 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-@moderator_required
+@staff_required("see the operations page")
 def operations(request: HttpRequest) -> HttpResponse:
     return render(request, "operations/page.html", {"state": overview.snapshot()})
 
 
 @require_GET
 @never_cache
-@moderator_required
+@staff_required("see the operations page")
 def operations_state(request: HttpRequest) -> JsonResponse:
     return JsonResponse(overview.snapshot())

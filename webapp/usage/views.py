@@ -4,43 +4,22 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from webapp.accounts import quotas
 from webapp.accounts.models import User
-from webapp.moderation.permissions import is_moderator
+from webapp.accounts.permissions import staff_required
 from webapp.usage import charts, exports, services
 from webapp.usage.forms import DEFAULT_DAYS, DashboardFilters
 from webapp.usage.services import By, Filters
 
 USER_PAGE_DAYS = 30
 TOP_USERS = 10
-
-
-def admin_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """Anonymous visitors go to the login page; signed-in people who are not admins or
-    staff get 403 (the same rule as the moderation pages)."""
-
-    @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not is_moderator(request.user):
-            raise PermissionDenied("Only administrators can see everyone's usage.")
-        return view(request, *args, **kwargs)
-
-    return wrapped
 
 
 @require_GET
@@ -67,7 +46,7 @@ def mine(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-@admin_required
+@staff_required("see everyone's usage")
 def dashboard(request: HttpRequest) -> HttpResponse:
     form = DashboardFilters(request.GET or None, initial=_range(DEFAULT_DAYS))
     filters, by = form.filters(), form.table_by()
@@ -113,7 +92,7 @@ def _table(filters: Filters, by: By) -> list[services.Row]:
 
 
 @require_GET
-@admin_required
+@staff_required("see everyone's usage")
 def dashboard_csv(request: HttpRequest) -> StreamingHttpResponse:
     form = DashboardFilters(request.GET or None)
     filters, by = form.filters(), form.table_by()
