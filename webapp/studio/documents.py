@@ -73,8 +73,7 @@ def _pdf_text(name: str, data: bytes, max_chars: int) -> str:
         raise
     except LimitReachedError:  # pypdf's own caps on what a file may unpack to
         raise DocumentError(
-            f"“{name}” holds more than Atelier unpacks from a PDF (a PDF bomb?); "
-            "it was not read"
+            f"“{name}” holds more than Atelier unpacks from a PDF (a PDF bomb?); it was not read"
         ) from None
     except RecursionError:
         raise DocumentError(f"“{name}” is nested too deeply to be read as a PDF") from None
