@@ -167,7 +167,7 @@ def main() -> int:
         _prepare()
         supervisor = Supervisor(
             _children(),
-            on_exit=_requeue_work_of_worker,
+            on_exit=_after_exit,
             limit=int(os.environ.get("ATELIER_RESTART_LIMIT", "5")),
             window=float(os.environ.get("ATELIER_RESTART_WINDOW_SECONDS", "300")),
         )
@@ -246,6 +246,11 @@ def _announce() -> None:
         f" (set ATELIER_ADMIN_PASSWORD before the first run to choose its password).\n"
         f"  Ctrl-C stops everything.\n"
     )
+
+
+def _after_exit(child: Child, pid: int) -> None:
+    metrics_folder.forget_process(pid)  # its open WebSockets are closed now
+    _requeue_work_of_worker(child, pid)
 
 
 def _requeue_work_of_worker(child: Child, pid: int) -> None:

@@ -7,6 +7,8 @@ who may read /metrics."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -219,6 +221,35 @@ def test_the_run_command_empties_the_metrics_folder_and_names_it(
     prepared = folder.prepare(tmp_path)
     assert prepared == tmp_path / "metrics" and not stale.exists()
     assert os.environ[folder.VARIABLE] == str(prepared)
+
+
+def test_a_killed_childs_open_websockets_leave_the_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web process killed outright runs no exit handler: its live gauge files stay until
+    the run command, which restarts it, drops them (`folder.forget_process`)."""
+    monkeypatch.setenv(folder.VARIABLE, str(tmp_path))
+    child = subprocess.Popen(  # a web process of this host with two sockets open
+        [
+            sys.executable,
+            "-c",
+            "import time, django; django.setup(); from webapp.operations import metrics; "
+            "metrics.WEBSOCKETS.labels(route='chat').inc(2); print('open', flush=True); "
+            "time.sleep(60)",
+        ],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "open"
+    finally:
+        child.kill()
+        child.wait()
+    live = list(tmp_path.glob(f"gauge_livesum_*-{child.pid}.db"))
+    assert live, sorted(p.name for p in tmp_path.iterdir())
+    folder.forget_process(child.pid)
+    assert not any(path.exists() for path in live)
 
 
 def test_a_worker_hosts_exporter_serves_its_metrics_under_the_same_rules(settings: Any) -> None:

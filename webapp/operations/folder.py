@@ -19,3 +19,18 @@ def prepare(var_dir: Path) -> Path:
         stale.unlink(missing_ok=True)
     os.environ[VARIABLE] = str(folder)
     return folder
+
+
+def forget_process(pid: int) -> None:
+    """A child process of this host died: drop its live gauges (open WebSockets, say) so
+    that /metrics counts only live processes. Its counters stay, as Prometheus expects."""
+    folder = os.environ.get(VARIABLE)
+    if not folder:
+        return
+    import socket
+
+    # Imported here, not at the top: prometheus_client reads VARIABLE when first imported,
+    # and the run command sets it (prepare) after importing this module.
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(f"{socket.gethostname().replace('_', '-')}-{pid}", folder)
