@@ -83,6 +83,16 @@ def test_title_requests_do_not_count_against_the_limit_and_go_with_the_conversat
     assert not Generation.objects.filter(user=alice).exists()
 
 
+def test_a_used_up_quota_still_gets_the_conversation_its_title(
+    alice: Any, wordy_model: Any, settings: Any
+) -> None:
+    settings.ATELIER_REQUESTS_PER_MINUTE = 1
+    ask(alice, "Hello")  # the minute's one request
+    run_next(DIRECT_QUEUE)  # the reply: its title request is queued all the same
+    [request] = title_requests()
+    assert request.status == Status.QUEUED
+
+
 @pytest.mark.parametrize(
     ("written", "title"),
     [

@@ -63,6 +63,7 @@ def request_title(reply: Generation) -> Generation | None:
             params=SamplingParams(temperature=0, max_new_tokens=16).to_dict(),
             priority=Priority.BACKGROUND,
             model_task=Task.CHAT,
+            counted=False,  # the studio's own follow-up: no quota refuses it
         )
     except Refused:  # suspended meanwhile, or the model is no longer theirs: no title
         return None
