@@ -168,6 +168,15 @@ def test_the_concurrent_limit_is_still_limit_reached_and_an_override_raises_it(
     submit(alice)
 
 
+def test_what_a_request_may_use_is_reserved_by_task() -> None:
+    chat = {"system": "", "messages": [{"role": "user", "content": "x" * 40}]}
+    assert quotas.reservation("chat", chat, {"max_new_tokens": 100}) == 10 + 100
+    assert quotas.reservation("translate", {"text": "x" * 40, "target": "de"}, {}) == 10 + 10
+    assert quotas.reservation("summarize", {"text": "x" * 400, "length": "short"}, {}) == 200
+    assert quotas.reservation("embed", {"texts": ["x" * 40, "y" * 40]}, {}) == 20
+    assert quotas.reservation("classify_image", {"image": "7/a.png", "top_k": 5}, {}) == 0
+
+
 def test_the_ledger_records_the_front_door_and_the_api_key(alice: Any, chat_model: Any) -> None:
     from webapp.api import keys
 

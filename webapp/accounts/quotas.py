@@ -260,18 +260,25 @@ def check(user: User, *, interactive: bool, counted: bool = True) -> None:
             )
 
 
-def reservation(input: dict[str, Any], params: dict[str, Any]) -> int:
+# Tasks whose output is text the size of their input when they set no maximum.
+TEXT_OUT_TASKS = ("summarize", "translate")
+
+
+def reservation(task: str, input: dict[str, Any], params: dict[str, Any]) -> int:
     """What a request may use before it has run: its input's tokens, estimated at four
-    characters a token, plus its maximum output (for tasks without one, as many again as
-    its input: a translation's length)."""
+    characters a token, plus its maximum output; for a summary or a translation without
+    one, as many again as its input; for embeddings, moderation and images, nothing."""
     chars = sum(len(text) for text in _texts(input))
     prompt = math.ceil(chars / 4)
     most = params.get("max_new_tokens")
-    return prompt + (int(most) if isinstance(most, int) and most > 0 else prompt)
+    if isinstance(most, int) and most > 0:
+        return prompt + most
+    return prompt + (prompt if task in TEXT_OUT_TASKS else 0)
 
 
-# Input fields that are not text the model reads: a message's role, an image's path.
-_NOT_TEXT = {"role", "image"}
+# Input fields that are not text the model reads: a message's role, an image's path, a
+# summary's length, a translation's languages.
+_NOT_TEXT = {"role", "image", "length", "target", "source"}
 
 
 def _texts(value: Any) -> Iterable[str]:

@@ -196,7 +196,7 @@ def _submit(
             priority=priority,
             source=source or came.source,
             api_key_id=came.api_key_id if source in (None, came.source) else None,
-            reserved_tokens=quotas.reservation(input, params),
+            reserved_tokens=quotas.reservation(task, input, params),
         )
         moderation.link(checked, generation_id=generation.pk)
     return generation
