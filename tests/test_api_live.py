@@ -22,7 +22,7 @@ from tests.processes import celery_worker, web_server
 from webapp.api import keys
 from webapp.api.models import ApiKey
 from webapp.catalog.models import ModelEntry
-from webapp.inference.models import Generation, Status
+from webapp.inference.models import Generation, Source, Status
 from webapp.jobs.models import Job
 from webapp.moderation.models import Policy
 from webapp.studio.models import Result
@@ -121,6 +121,9 @@ def test_chat_and_completions_with_usage_n_stop_and_seed(
     assert completion.usage is not None and completion.usage.completion_tokens == 5
     generations = Generation.objects.filter(user=alice, task="chat")
     assert generations.count() == 8 and not generations.exclude(status=Status.DONE).exists()
+    # The usage ledger: every one through the API, with the key that asked.
+    key = ApiKey.objects.get(user=alice)
+    assert set(generations.values_list("source", "api_key")) == {(Source.API, key.pk)}
 
 
 def test_embeddings_and_moderations_under_the_users_policy(
@@ -131,6 +134,9 @@ def test_embeddings_and_moderations_under_the_users_policy(
     vectors = [item.embedding for item in embedded.data]
     assert len(vectors) == 3 and vectors[0] == pytest.approx(vectors[2])
     assert sum(x * x for x in vectors[0]) == pytest.approx(1.0, abs=1e-3)
+    # The tokens the model read, reported and in the ledger.
+    ledger = Generation.objects.get(user=alice, task="embed")
+    assert embedded.usage.prompt_tokens == ledger.prompt_tokens > 0
     found = client.moderations.create(
         input=["I will kill you", "you grumbleflax", "what a fine day"]
     )

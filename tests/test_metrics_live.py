@@ -91,11 +91,22 @@ def test_counters_of_the_web_and_the_worker_move_by_what_a_reply_did(
     generation = Generation.objects.get(pk=accepted["generation"])
     assert generation.status == Status.DONE and generation.completion_tokens == 12
     after = scrape(stack)
-    deadline = time.monotonic() + 10
-    while get(after, "atelier_websocket_connections", route="chat") != get(
-        before, "atelier_websocket_connections", route="chat"
-    ):  # the web process hears of the close a moment later
-        assert time.monotonic() < deadline, "the closed socket is still counted"
+    deadline = time.monotonic() + 30
+
+    def settled(samples: Samples) -> bool:
+        # The web process hears of the close a moment later, and the conversation's title
+        # request (queued when the reply ended) runs after it: wait until it has ended, so
+        # that the queue is empty and the worker writes nothing while the test database
+        # is flushed.
+        sockets = get(samples, "atelier_websocket_connections", route="chat")
+        model_queue = {"model": "live-llama", "queue": QUEUE}
+        busy = get(samples, "atelier_requests_waiting", **model_queue) + get(
+            samples, "atelier_requests_running", **model_queue
+        )
+        return sockets == get(before, "atelier_websocket_connections", route="chat") and not busy
+
+    while not settled(after):
+        assert time.monotonic() < deadline, "a socket still counted or a request still waiting"
         time.sleep(0.2)
         after = scrape(stack)
 
@@ -112,7 +123,12 @@ def test_counters_of_the_web_and_the_worker_move_by_what_a_reply_did(
         abs=1e-3,
     )
     assert moved("atelier_e2e_request_latency_seconds_count", **chat, outcome="done") == 1
-    assert moved("atelier_time_per_output_token_seconds_count", model="live-llama") == 1
+    # Per model, whatever the task: the reply and its conversation's title, which ended too.
+    decoded = Generation.objects.filter(model_name="live-llama", completion_tokens__gt=1)
+    assert moved("atelier_time_per_output_token_seconds_count", model="live-llama") == (
+        decoded.count()
+    )
+    assert decoded.filter(task="chat_title").exists()
     assert moved("atelier_model_loads_total", model="live-llama", outcome="loaded") == 1
     # The web process's: the prompt screened, the socket opened (and open while it was).
     verdicts = {"direction": "input", "action": "allow", "category": "none"}

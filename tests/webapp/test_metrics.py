@@ -153,6 +153,7 @@ def test_waiting_running_workers_and_batches_are_read_when_scraped(
     assert inference.claim_next(DIRECT_QUEUE, worker="w1") is not None
     name = f"metrics-test-{RUN_ID}"
     loads = value("atelier_model_loads_total", model="tiny-llama", outcome="loaded")
+    model_cache.clear()  # an earlier test may have left it loaded: this load is counted
     try:
         loaded = model_cache.get_model(chat_model)  # the tiny Llama, with its batcher
         liveness.beat(name, [DIRECT_QUEUE], {1}, slots=loaded.batcher.max_batch)

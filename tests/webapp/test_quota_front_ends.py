@@ -135,17 +135,6 @@ def test_the_api_answers_429_with_openais_codes_and_rate_limit_headers(
     assert "tokens for today" in error["message"]
 
 
-@pytest.mark.django_db(transaction=True)  # the stream reads the database from its own thread
-@pytest.mark.usefixtures("worker_alive")
-def test_api_requests_are_recorded_with_their_key(alice: Any, chat_model: ModelEntry) -> None:
-    created = keys.create_key(alice, "tool")
-    response = post_api(created.secret, "/v1/chat/completions", {**CHAT, "stream": True})
-    assert response.status_code == 200
-    response.close()  # the client leaves: its generation is stopped, but it was recorded
-    generation = Generation.objects.get(user=alice)
-    assert generation.source == Source.API and generation.api_key_id == created.key.pk
-
-
 @override_settings(ATELIER_JOB_MAX_IN_FLIGHT=1)
 def test_a_batch_job_pauses_with_the_reason_and_resumes_when_the_quota_allows(
     alice: Any, tiny_llama_dir: Any

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db.models import Case, Count, F, Min, Q, Sum, When
 from django.utils import timezone
 
-from webapp.accounts.models import GroupLimits, QuotaLock, User, UserLimits
+from webapp.accounts.models import QuotaLock, User
 from webapp.inference.models import FINISHED, Generation, Priority, Status
 from webapp.inference.refusals import LimitReached, QuotaExceeded
 
@@ -86,18 +86,26 @@ def _most_generous(values: Iterable[int | None]) -> int | None:
 
 
 def limits_for(user: User) -> Limits:
-    groups = list(GroupLimits.objects.filter(group__user=user))
-    override = UserLimits.objects.filter(user=user).first()
+    """The user's limits, read in one query: the admin's override of each, else the most
+    generous of their groups' (a group that sets none gives the default), else the
+    default."""
+    names = list(FIELDS.values())
+    rows = list(
+        User.objects.filter(pk=user.pk).values_list(
+            "groups__id",
+            *(f"limits_override__{field}" for field in names),
+            *(f"groups__atelier_limits__{field}" for field in names),
+        )
+    )
     chosen: dict[str, Any] = {}
-    for name, field in FIELDS.items():
+    for index, name in enumerate(FIELDS):
         default = _default(name)
-        own = getattr(override, field) if override is not None else None
+        own = rows[0][1 + index] if rows else None
+        groups = [row[1 + len(names) + index] for row in rows if row[0] is not None]
         if own is not None:
             chosen[name] = own
         elif groups:
-            chosen[name] = _most_generous(
-                default if getattr(g, field) is None else getattr(g, field) for g in groups
-            )
+            chosen[name] = _most_generous(default if value is None else value for value in groups)
         else:
             chosen[name] = default
     if chosen["max_concurrent"] is None:  # every group's is a number; kept for the type
@@ -148,19 +156,23 @@ _COST = Case(
 
 
 def used_by(user: User, windows: Windows) -> Used:
+    """What the user has used in each window, and their requests in progress: one query."""
     since = min(windows.month, windows.minute)
     in_minute = Q(queued_at__gte=windows.minute) & ~Q(task__in=UNCOUNTED_TASKS)
-    totals = Generation.objects.filter(user=user, queued_at__gte=since).aggregate(
-        month=Sum(_COST, filter=Q(queued_at__gte=windows.month)),
-        day=Sum(_COST, filter=Q(queued_at__gte=windows.day)),
-        minute=Count("pk", filter=in_minute),
-        oldest=Min("queued_at", filter=in_minute),
+    unfinished = Q(status__in=[Status.QUEUED, Status.RUNNING])
+    totals = (
+        Generation.objects.filter(user=user)
+        .filter(Q(queued_at__gte=since) | unfinished)
+        .aggregate(
+            month=Sum(_COST, filter=Q(queued_at__gte=windows.month)),
+            day=Sum(_COST, filter=Q(queued_at__gte=windows.day)),
+            minute=Count("pk", filter=in_minute),
+            oldest=Min("queued_at", filter=in_minute),
+            in_progress=Count("pk", filter=unfinished & Q(priority=Priority.INTERACTIVE)),
+        )
     )
-    in_progress = Generation.objects.filter(
-        user=user, status__in=[Status.QUEUED, Status.RUNNING], priority=Priority.INTERACTIVE
-    ).count()
     return Used(
-        in_progress=in_progress,
+        in_progress=totals["in_progress"] or 0,
         requests_last_minute=totals["minute"] or 0,
         oldest_in_minute=totals["oldest"],
         tokens_today=totals["day"] or 0,
@@ -202,7 +214,7 @@ def hold(user: User) -> None:
     locks the user's QuotaLock row in PostgreSQL and takes SQLite's write lock. Call inside
     a transaction, before `check`."""
     if not QuotaLock.objects.filter(user=user).update(checks=F("checks") + 1):
-        QuotaLock.objects.get_or_create(user=user)
+        QuotaLock.objects.bulk_create([QuotaLock(user=user)], ignore_conflicts=True)
         QuotaLock.objects.filter(user=user).update(checks=F("checks") + 1)
 
 

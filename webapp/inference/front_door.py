@@ -52,12 +52,17 @@ def check_can_generate(user: User, priority: int = Priority.INTERACTIVE) -> None
     requests the user's limits do not allow now (`quotas.check`: LimitReached for
     interactive requests at the limit of requests in progress, QuotaExceeded). Background
     work (batch items, titles) waits in the queue instead of counting in progress."""
+    check_account(user)
+    quotas.check(user, interactive=priority == Priority.INTERACTIVE)
+
+
+def check_account(user: User) -> None:
+    """Refuse pending or disabled accounts (NotAllowed) and suspended ones (Suspended)."""
     if not user.can_generate:
         raise NotAllowed(user.why_cannot_generate)
     suspension = moderation.active_suspension(user)
     if suspension is not None:
         raise Suspended(moderation.suspension_message(suspension))
-    quotas.check(user, interactive=priority == Priority.INTERACTIVE)
 
 
 @dataclass(frozen=True)
@@ -176,17 +181,18 @@ def _submit(
     counted: bool,
 ) -> Generation:
     interactive = priority == Priority.INTERACTIVE
-    if counted:
-        check_can_generate(user, priority)  # early, unlocked: refused before screening
+    check_account(user)
     entry = model_for(user, model_task or task, model)
     params = with_model_defaults(entry, task, params or {})
     checked = screen(user, screened)
     came = _origin.get() or Origin()
-    with transaction.atomic(savepoint=False):
-        # Counted again under the user's lock, so requests arriving together are counted
-        # one by one: the lock is held until the caller's transaction commits the row.
-        quotas.hold(user)
-        quotas.check(user, interactive=interactive, counted=counted)
+
+    def queue() -> Generation:
+        if counted:
+            # Counted under the user's lock, so requests arriving together are counted one
+            # by one: the lock is held until the transaction that stores the row commits.
+            quotas.hold(user)
+            quotas.check(user, interactive=interactive)
         generation = services.create_generation(
             user=user,
             model=entry,
@@ -199,4 +205,10 @@ def _submit(
             reserved_tokens=quotas.reservation(task, input, params),
         )
         moderation.link(checked, generation_id=generation.pk)
-    return generation
+        return generation
+
+    if transaction.get_connection().in_atomic_block:
+        # The caller's transaction: a refusal leaves it usable (no inner block ends in it).
+        return queue()
+    with transaction.atomic():
+        return queue()
