@@ -5,7 +5,9 @@ Redis stream per generation and a tiny real model through the worker's model cac
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,12 +33,27 @@ def fresh_cache() -> Iterator[None]:
     model_cache.clear()
 
 
+@pytest.fixture(scope="module")
+def roomy_llama_dir(endless_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The endless model with room for 16k positions (its rotary embeddings have no
+    weights for positions). In the tiny model's 512, a reply asked for 2000 tokens ends
+    after about 490, within seconds on a fast machine, while a test still counts on it
+    holding its slot."""
+    folder = tmp_path_factory.mktemp("roomy") / "model"
+    shutil.copytree(endless_llama_dir, folder)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["max_position_embeddings"] = 16384
+    config_file.write_text(json.dumps(config))
+    return folder
+
+
 @pytest.fixture
-def endless_model(endless_llama_dir: Path) -> ModelEntry:
+def endless_model(roomy_llama_dir: Path) -> ModelEntry:
     return ModelEntry.objects.create(
         name="endless",
         task="chat",
-        source=str(endless_llama_dir),
+        source=str(roomy_llama_dir),
         queue=DIRECT_QUEUE,
         is_default=True,
         max_batch=4,
