@@ -11,6 +11,7 @@ import base64
 import contextlib
 import csv
 import io
+import json
 import os
 import resource
 import shutil
@@ -32,6 +33,7 @@ from django.urls import reverse
 from tests.conftest import DIRECT_QUEUE
 from tests.webapp.test_jobs_views import summarizer  # noqa: F401  (the fixture)
 from webapp.api import keys
+from webapp.api.models import ApiFile
 from webapp.catalog.models import ModelEntry
 from webapp.chat.models import Conversation
 from webapp.inference.models import Generation
@@ -377,6 +379,61 @@ def test_a_full_disk_refuses_the_upload_clearly_and_keeps_what_was_stored(
             assert Generation.objects.count() == 2 and kept.read_bytes() == first
 
 
+def api_file(client: Client, secret: str, data: bytes) -> Any:
+    return client.post(
+        "/v1/files",
+        {"file": SimpleUploadedFile("in.jsonl", data), "purpose": "batch"},
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+
+
+def batch_lines(count: int, chars: int) -> bytes:
+    """A valid batch file of `count` requests, each about `chars` characters that
+    PostgreSQL cannot compress much."""
+    return b"\n".join(
+        json.dumps(
+            {
+                "custom_id": f"q{number}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": text}]},
+            }
+        ).encode()
+        for number, text in enumerate(text_of(chars).decode() for _ in range(count))
+    )
+
+
+def test_a_full_temporary_folder_refuses_form_and_api_uploads_clearly(
+    alice: Any, classifier: ModelEntry, settings: Any, uploads_dir: Path
+) -> None:
+    """Django spools a form's files past FILE_UPLOAD_MAX_MEMORY_SIZE to its temporary
+    folder while it reads the request, before any view runs: with that folder full, the
+    page answers 507 saying so and the API its own 507, and the next upload that fits works."""
+    client = logged_in(alice)
+    secret = keys.create_key(alice, "k").secret
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # every file here goes through the folder
+    big_image = png((80, 80)) + b"\0" * (300 * 1024)  # past the 256 KiB either way
+    with tempfile.TemporaryDirectory() as scratch:
+        spool = Path(scratch) / "spool"
+        with small_disk(spool, 256) as kind:
+            settings.FILE_UPLOAD_TEMP_DIR = str(spool)
+            response = classify(client, "big.png", big_image)
+            assert response.status_code == 507, (kind, response.content[:300])
+            page = response.content.decode()
+            assert "No room to store this right now" in page and "nothing of this request" in page
+            response = api_file(client, secret, batch_lines(1, 300 * 1024))
+            assert response.status_code == 507, (kind, response.content[:300])
+            error = response.json()["error"]
+            assert error["code"] == "insufficient_storage", error
+            assert "no room to store the file right now; nothing was saved" in error["message"]
+            assert not Generation.objects.exists() and not ApiFile.objects.exists()
+            assert not list(spool.iterdir())  # no temporary file left behind
+            # What fits still goes through the same folder.
+            assert classify(client, "small.png", png((80, 80)) + b"\0" * 4096).status_code == 302
+            assert api_file(client, secret, batch_lines(1, 4096)).status_code == 200
+    assert Generation.objects.count() == 1 and ApiFile.objects.count() == 1
+
+
 @contextlib.contextmanager
 def database_on_small_disk(tables: list[str], size_kib: int) -> Iterator[None]:
     """The tables (and their TOAST tables) moved to a PostgreSQL tablespace on a tmpfs of
@@ -439,3 +496,48 @@ def test_a_full_database_disk_refuses_job_files_clearly_and_keeps_what_was_store
         assert bytes(Upload.objects.get().data) == stored
     assert client.post(configure, choices).status_code == 302  # room again
     assert [item.text.encode() for item in Job.objects.get().items.all()] == lines
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_full_database_disk_refuses_an_api_file_clearly_and_keeps_what_was_stored(
+    alice: Any,
+) -> None:
+    client = logged_in(alice)
+    secret = keys.create_key(alice, "k").secret
+    stored = batch_lines(4, 90_000)
+    assert api_file(client, secret, stored).status_code == 200
+    with database_on_small_disk(["api_apifile"], 512):
+        response = api_file(client, secret, batch_lines(4, 100_000))
+        assert response.status_code == 507, response.content[:300]
+        assert response.json()["error"]["code"] == "insufficient_storage"
+        assert bytes(ApiFile.objects.get().data) == stored
+    assert api_file(client, secret, batch_lines(1, 1000)).status_code == 200  # room again
+    assert ApiFile.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_full_database_disk_answers_a_page_with_507_and_keeps_what_was_stored(
+    alice: Any, chat_model: ModelEntry
+) -> None:
+    """A page whose write the full disk refuses (a chat import: twenty long messages) gets
+    the 507 page, not a 500; nothing of it is kept and the conversations stored are intact."""
+    client = logged_in(alice)
+
+    def conversation(title: str, count: int) -> SimpleUploadedFile:
+        messages = [
+            # Hex, one long word: no rule finds a word in it (base64's / and + make words).
+            {"role": ("user", "assistant")[n % 2], "content": os.urandom(15_000).hex()}
+            for n in range(count)
+        ]
+        data = {"format": "atelier.conversation", "version": 1, "title": title}
+        body = json.dumps({**data, "messages": messages}).encode()
+        return SimpleUploadedFile(f"{title}.json", body, content_type="application/json")
+
+    assert client.post("/chat/import/", {"file": conversation("kept", 2)}).status_code == 302
+    with database_on_small_disk(["chat_message"], 512):
+        response = client.post("/chat/import/", {"file": conversation("big", 20)})
+        assert response.status_code == 507, response.content[:300]
+        assert "No room to store this right now" in response.content.decode()
+        assert list(Conversation.objects.values_list("title", flat=True)) == ["kept"]
+    assert client.post("/chat/import/", {"file": conversation("later", 2)}).status_code == 302
+    assert Conversation.objects.count() == 2

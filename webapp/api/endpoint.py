@@ -19,10 +19,11 @@ from webapp.api import keys
 from webapp.api.errors import ApiError, add_rate_limit_headers, error_response, from_refusal
 from webapp.api.models import ApiKey
 from webapp.api.schemas import parse_json
-from webapp.inference import front_door
+from webapp.inference import front_door, uploads
 from webapp.inference.models import Source
 from webapp.inference.refusals import Refused
 from webapp.moderation import services as moderation
+from webapp.no_room import discard_partial_uploads
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,15 @@ def api_view(*methods: str) -> Callable[[View], Any]:
                 return answer
             except RequestDataTooBig:
                 return too_large().response()
-            except Exception:
+            except Exception as exc:
+                if uploads.out_of_space(exc):  # a full disk: the temporary files' or the database's
+                    log.error("API %s %s: no room: %s", request.method, request.path, exc)
+                    discard_partial_uploads(request)
+                    return error_response(
+                        507,
+                        f"The request was not stored: {uploads.NO_ROOM_MESSAGE}.",
+                        code="insufficient_storage",
+                    )
                 log.exception("API %s %s failed", request.method, request.path)
                 return error_response(
                     500,

@@ -33,6 +33,7 @@ TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
+    507: "server_error",
 }
 
 # A client told to wait (429) tries again after this many seconds.
