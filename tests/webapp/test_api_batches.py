@@ -19,7 +19,8 @@ from webapp.api import batches, keys
 from webapp.api.errors import ApiError
 from webapp.api.models import ApiBatch, ApiFile
 from webapp.catalog.models import ModelEntry
-from webapp.inference.models import Generation, Priority, Status
+from webapp.inference import front_door
+from webapp.inference.models import Generation, Priority, Source, Status
 from webapp.jobs import engine
 from webapp.jobs.models import ItemStatus, JobStatus
 from workers.runner import run_next
@@ -76,7 +77,11 @@ def test_a_chat_batch_runs_in_the_background_once_per_request(
     alice: Any, chat_model: ModelEntry
 ) -> None:
     source = upload(alice, [chat_line(f"q{i}", f"Question {i}") for i in range(3)])
-    batch = batches.create(alice, input_file_id=source.public_id, endpoint="/v1/chat/completions")
+    key = keys.create_key(alice, "tool").key
+    with front_door.origin(Source.API, key.pk):  # as the API's views run
+        batch = batches.create(
+            alice, input_file_id=source.public_id, endpoint="/v1/chat/completions"
+        )
     queued = Generation.objects.filter(user=alice)
     assert queued.count() == 2  # bounded in flight
     assert set(queued.values_list("priority", flat=True)) == {Priority.BACKGROUND}
@@ -91,6 +96,9 @@ def test_a_chat_batch_runs_in_the_background_once_per_request(
     assert [line["custom_id"] for line in lines] == ["q0", "q1", "q2"]
     generations = list(Generation.objects.filter(user=alice).order_by("pk"))
     assert len(generations) == 3 and all(g.status == Status.DONE for g in generations)
+    # In the ledger, each is the key's, through a batch: the first two dispatched in the
+    # API's request, the third later by the engine.
+    assert {(g.source, g.api_key_id) for g in generations} == {(Source.BATCH, key.pk)}
     for line, generation in zip(lines, generations, strict=True):
         body = line["response"]["body"]
         assert body["object"] == "chat.completion" and line["response"]["status_code"] == 200

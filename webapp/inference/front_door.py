@@ -76,6 +76,10 @@ class Origin:
 _origin: ContextVar[Origin | None] = ContextVar("front_door_origin", default=None)
 
 
+def current_origin() -> Origin:
+    return _origin.get() or Origin()
+
+
 @contextmanager
 def origin(source: Source, api_key_id: int | None = None) -> Iterator[None]:
     """Within this block (and the threads `sync_to_async` runs it on), requests are
@@ -185,7 +189,7 @@ def _submit(
     entry = model_for(user, model_task or task, model)
     params = with_model_defaults(entry, task, params or {})
     checked = screen(user, screened)
-    came = _origin.get() or Origin()
+    came = current_origin()
 
     def queue() -> Generation:
         if counted:

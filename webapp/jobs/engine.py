@@ -133,16 +133,16 @@ def _submit(job: Job, entry: ModelEntry, item: JobItem) -> Generation:
     message). A retry checks it again: a reviewer may have allowed it meanwhile."""
     request = item.request or {}
     texts = request.get("screened", [item.text])
-    return front_door.submit(
-        job.user,
-        model=entry,
-        task=job.task,
-        input=item_input(job, item),
-        params=request.get("params") or {},
-        screened=[front_door.Screened(text, job.task) for text in texts],
-        priority=Priority.BACKGROUND,
-        source=Source.BATCH,
-    )
+    with front_door.origin(Source.BATCH, job.api_key_id):  # whoever dispatches it
+        return front_door.submit(
+            job.user,
+            model=entry,
+            task=job.task,
+            input=item_input(job, item),
+            params=request.get("params") or {},
+            screened=[front_door.Screened(text, job.task) for text in texts],
+            priority=Priority.BACKGROUND,
+        )
 
 
 def _pause_for(job: Job, reason: str, resume_at: datetime | None = None) -> None:

@@ -67,6 +67,11 @@ class Job(models.Model):
     # suspended), and when a quota allows it again: it resumes by itself then.
     paused_reason = models.TextField(blank=True)
     resume_at = models.DateTimeField(null=True, blank=True)
+    # The API key a Batch API job came through: its items are that key's in the usage
+    # ledger, as the key's own requests are.
+    api_key = models.ForeignKey(
+        "api.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]

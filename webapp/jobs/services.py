@@ -142,6 +142,7 @@ def create_request_job(
             source_name=source_name[:255],
             source_format="jsonl",
             total=len(requests),
+            api_key_id=front_door.current_origin().api_key_id,
         )
         JobItem.objects.bulk_create(
             [
