@@ -1,11 +1,12 @@
 """The usage pages with a year of data: how long the aggregation queries and the pages take.
 
-Fills a database of its own (PostgreSQL `atelier_bench_usage` on the server of DATABASE_URL,
-dropped and created anew, unless --keep finds it filled) with a year of Generation rows:
---rows rows (400,000 by default) over --users users in a few groups, four models, the
-three front doors, each with tokens and timings, queued at random moments of the last 365
-days (more on weekdays) and written in that order, as the studio writes them. Then, with
-the rows ANALYZEd, it times (median of --repeat runs, after one warm-up):
+Fills a database of its own (PostgreSQL `atelier_bench_usage`, or --database, on the
+server of DATABASE_URL, dropped and created anew, unless --keep finds it filled) with a year
+of Generation rows: --rows rows (400,000 by default) over --users users in a few groups,
+four models, the three front doors, each with tokens and timings, queued at random moments
+of the last 365 days (more on weekdays) and written in that order, as the studio writes
+them. Then, with the database migrated (a kept one gets new indexes) and VACUUM ANALYZEd
+(as autovacuum leaves it), it times (median of --repeat runs, after one warm-up):
 
 * the services alone: a heavy user's 30 days (by day and by model: the user page's
   queries) and the dashboard's (the chart's days, by model, by user) over 30 days and a
@@ -14,10 +15,11 @@ the rows ANALYZEd, it times (median of --repeat runs, after one warm-up):
   /usage/ for the heavy user, /usage/admin/ for 30 days and a year, the CSV of a year by
   day;
 
-and prints the plan PostgreSQL chose for the year's breakdown by model.
+and prints the plan PostgreSQL chose for the year's time to first token by model.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/atelier .venv/bin/python \\
-        bench/usage_dashboard.py [--rows 400000] [--users 60] [--repeat 5] [--keep]
+        bench/usage_dashboard.py [--rows 400000] [--users 60] [--repeat 5] [--keep] \\
+        [--database atelier_bench_usage]
 """
 
 from __future__ import annotations
@@ -45,21 +47,21 @@ MODELS = (  # name, task, share of the rows, prompt tokens, completion tokens, t
 SOURCES = (("web", 0.6), ("batch", 0.25), ("api", 0.15))
 
 
-def bench_database_url(url: str) -> str:
+def bench_database_url(url: str, database: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in {"postgres", "postgresql", "pgsql"}:
         sys.exit("DATABASE_URL must name a PostgreSQL server (the figures are PostgreSQL's)")
-    return urlunparse(parsed._replace(path="/" + DATABASE))
+    return urlunparse(parsed._replace(path="/" + database))
 
 
-def recreate_database(url: str) -> None:
+def recreate_database(url: str, database: str) -> None:
     import psycopg
 
     parsed = urlparse(url)
     admin = urlunparse(parsed._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
-        connection.execute(f'CREATE DATABASE "{DATABASE}"')
+        connection.execute(f'DROP DATABASE IF EXISTS "{database}"')
+        connection.execute(f'CREATE DATABASE "{database}"')
 
 
 def setup_django(url: str) -> None:
@@ -78,7 +80,6 @@ def fill(rows: int, users: int, seed: int) -> None:
     """`rows` Generations over the last 365 days, written with bulk_create."""
     from django.contrib.auth.models import Group
     from django.core.management import call_command
-    from django.db import connection
 
     from webapp.accounts.models import Role, User
     from webapp.inference.models import Generation, Status
@@ -139,8 +140,6 @@ def fill(rows: int, users: int, seed: int) -> None:
             batch = []
             print(f"\r  {n + 1:,} rows ({time.perf_counter() - started:.0f} s)", end="")
     print()
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
 
 
 def timed(what: Callable[[], Any], repeat: int) -> float:
@@ -156,6 +155,7 @@ def timed(what: Callable[[], Any], repeat: int) -> float:
 
 def measure(repeat: int) -> None:
     from django.contrib.auth.models import Group
+    from django.core.management import call_command
     from django.db import connection
     from django.db.models import Count
     from django.test import Client
@@ -165,6 +165,9 @@ def measure(repeat: int) -> None:
     from webapp.usage import services
     from webapp.usage.services import By, Filters
 
+    call_command("migrate", verbosity=0)  # a kept database gets the new indexes
+    with connection.cursor() as cursor:  # as autovacuum leaves it: statistics, visibility map
+        cursor.execute("VACUUM ANALYZE")
     total = Generation.objects.count()
     heavy_id = Generation.objects.values("user").annotate(n=Count("id")).order_by("-n")[0]["user"]
     heavy = User.objects.get(pk=heavy_id)
@@ -178,12 +181,11 @@ def measure(repeat: int) -> None:
     print(f"PostgreSQL {version}; median of {repeat} runs after a warm-up\n")
 
     def dashboard(filters: Filters) -> Callable[[], Any]:
-        """The dashboard's queries: the chart's days or weeks, by model, by user."""
+        """The dashboard's queries: the chart's days or weeks, by model and by user."""
 
         def run() -> None:
             services.periods(filters)
-            services.breakdown(filters, By.MODEL)
-            services.top(services.breakdown(filters, By.USER))
+            services.top(services.by_model_and_user(filters)[1])
 
         return run
 
@@ -240,8 +242,12 @@ def measure(repeat: int) -> None:
     for name, run in pages:
         print(f"{name:<44} {timed(run, repeat):8.1f} ms")
 
-    print("\nPlan of the year's breakdown by model:")
-    for line in services.grouped(Filters(*year), By.MODEL).explain(analyze=True).splitlines():
+    print("\nPlan of the year's time to first token by model:")
+    replies = services.generations(Filters(*year)).filter(first_token_at__isnull=False)
+    percentiles = replies.values("model_name").annotate(
+        first_token=services.PercentilesCont(services.FIRST_TOKEN, services.QUANTILES)
+    )
+    for line in percentiles.explain(analyze=True).splitlines():
         print("  " + line)
 
 
@@ -252,13 +258,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--keep", action="store_true", help="reuse a filled bench database")
+    parser.add_argument("--database", default=DATABASE, help="the bench database's name")
     args = parser.parse_args()
-    url = bench_database_url(os.environ.get("DATABASE_URL", ""))
+    url = bench_database_url(os.environ.get("DATABASE_URL", ""), args.database)
     if not args.keep:
-        recreate_database(url)
+        recreate_database(url, args.database)
     setup_django(url)
     if not args.keep:
-        print(f"Filling {DATABASE} with {args.rows:,} generations over {args.users} users")
+        print(f"Filling {args.database} with {args.rows:,} generations over {args.users} users")
         fill(args.rows, args.users, args.seed)
     measure(args.repeat)
 

@@ -252,3 +252,74 @@ def test_the_csv_export_holds_the_filtered_table(ledger: dict[str, Any], make_us
     by_group = client.get("/usage/admin/usage.csv", {"by": "group", "group": ledger["team"].pk})
     rows = list(csv.reader(io.StringIO(b"".join(by_group.streaming_content).decode())))
     assert [row[:2] for row in rows[1:]] == [["team", "1"]]
+
+
+def test_the_days_joined_on_postgresql_equal_the_grouped_days(ledger: dict[str, Any]) -> None:
+    """The dashboard's days come from a query of their own on PostgreSQL (the rows joined to
+    the range's days); they equal the generic breakdown's, filtered or not."""
+    for filters in (
+        last_week(),
+        last_week(source=Source.API),
+        last_week(group_id=ledger["team"].pk),
+    ):
+        generic = [
+            services._row(*services._label(By.DAY, values["key"]), values)
+            for values in services.grouped(filters, By.DAY)
+        ]
+        assert services.breakdown(filters, By.DAY) == generic
+        assert [row.day for row in generic] == sorted(row.day for row in generic)
+    days = by_key(services.breakdown(last_week(), By.DAY))
+    assert (days[TODAY.isoformat()].requests, days[TODAY.isoformat()].tokens) == (4, 93 + 141)
+    assert days[TODAY.isoformat()].queued_total == pytest.approx(0.5 + 1.5 + 1.0 + 0.5)
+
+
+def test_days_are_the_sites_days_in_the_join(alice: Any, settings: Any) -> None:
+    """A reply queued at 23:30 in the site's time zone (the next day in UTC) counts on its
+    own day, in the joined days as in the generic breakdown."""
+    settings.TIME_ZONE = "America/New_York"
+    with timezone.override("America/New_York"):
+        today = timezone.localdate()
+        row = generation(alice, "llm-a", day=today - dt.timedelta(days=1))
+        late = dt.datetime.combine(
+            today - dt.timedelta(days=1), dt.time(23, 30), tzinfo=timezone.get_current_timezone()
+        )
+        Generation.objects.filter(pk=row.pk).update(queued_at=late)
+        filters = Filters(today - dt.timedelta(days=2), today)
+        days = services.daily(filters)
+        assert [day.requests for day in days] == [0, 1, 0]
+        generic = [values["requests"] for values in services.grouped(filters, By.DAY)]
+        assert generic == [1]
+
+
+def test_models_and_users_from_one_pass_equal_their_breakdowns(
+    ledger: dict[str, Any], alice: Any
+) -> None:
+    for filters in (last_week(), last_week(user_id=alice.pk), last_week(source=Source.BATCH)):
+        models, users = services.by_model_and_user(filters)
+        assert models == services.breakdown(filters, By.MODEL)
+        assert users == services.breakdown(filters, By.USER)
+    models, users = services.by_model_and_user(last_week())
+    assert [row.key for row in users] == ["alice", "bob"]
+    llm_a = by_key(models)["llm-a"]
+    assert (llm_a.first_token_p50, llm_a.first_token_p95) == (
+        pytest.approx(2.0),
+        pytest.approx(4.7),
+    )
+    assert services.combined(models).tokens == services.combined(users).tokens == 93 + 141
+
+
+def test_the_percentiles_count_only_the_filtered_replies(
+    ledger: dict[str, Any], alice: Any, bob: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generation(bob, "llm-a", first_token=9.0, source=Source.BATCH)
+    mine = by_key(services.breakdown(last_week(user_id=alice.pk), By.MODEL))["llm-a"]
+    assert (mine.first_token_p50, mine.first_token_p95) == (
+        pytest.approx(2.0),
+        pytest.approx(4.7),
+    )
+    everyone = by_key(services.breakdown(last_week(), By.MODEL))["llm-a"]
+    assert everyone.first_token_p50 == pytest.approx(3.5)  # 1, 2, 5, 9 s
+    batch = by_key(services.breakdown(last_week(source=Source.BATCH), By.MODEL))["llm-a"]
+    assert (batch.first_token_p50, batch.first_token_p95) == (pytest.approx(9.0),) * 2
+    monkeypatch.setattr(services, "_percentiles_in_database", lambda: False)
+    assert by_key(services.breakdown(last_week(), By.MODEL))["llm-a"] == everyone

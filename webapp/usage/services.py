@@ -6,9 +6,11 @@ counts as prompt tokens). Its time queued runs from queued to started, its time 
 token from queued to the first token (as the chat page shows it), and a model's speed is
 its tokens after the first over the time after the first, over all its replies together.
 Rows add up, so a total is the sum of a breakdown's rows rather than another pass over
-the table. The time to first token's percentiles are read per model only (the ordered-set
-aggregate sorts its rows; sums hash): PostgreSQL's percentile_cont, or on other databases
-(SQLite in development) the same interpolation computed here from the durations.
+the table, and the dashboard reads its models and its users from one pass (the sums of
+each model and user). The time to first token's percentiles are read per model only, in
+a query of their own over the replies with a first token (an index holds them in that
+order; the sums hash): PostgreSQL's percentile_cont, or on other databases (SQLite in
+development) the same interpolation computed here from the durations.
 """
 
 from __future__ import annotations
@@ -175,20 +177,36 @@ def _percentiles_in_database() -> bool:
     return connection.vendor == "postgresql"
 
 
-def _measures(percentiles: bool) -> dict[str, Any]:
-    measures: dict[str, Any] = {
-        "requests": Count("id"),
-        "prompt": Coalesce(Sum("prompt_tokens"), 0),
-        "completion": Coalesce(Sum("completion_tokens"), 0),
-        "image_count": Coalesce(Sum("images"), 0),
-        "started": Count("started_at"),
-        "queued": Sum(QUEUED),
-        "decoded_tokens": Coalesce(Sum(Case(When(DECODED, then=F("completion_tokens") - 1))), 0),
-        "decoding": Sum(Case(When(DECODED, then=DECODING), output_field=DurationField())),
-    }
-    if percentiles and _percentiles_in_database():
-        measures["first_token"] = PercentilesCont(FIRST_TOKEN, QUANTILES)
-    return measures
+class Adds(enum.Enum):
+    """How a measure's rows add up."""
+
+    COUNT = "COUNT(%s)"  # the rows where it is not NULL
+    SUM = "COALESCE(SUM(%s), 0)"
+    DURATION = "SUM(%s)"  # NULL when no row has one
+
+
+# Each measure: what a row brings, and how the rows add up.
+MEASURES: dict[str, tuple[Any, Adds]] = {
+    "requests": (F("id"), Adds.COUNT),
+    "prompt": (F("prompt_tokens"), Adds.SUM),
+    "completion": (F("completion_tokens"), Adds.SUM),
+    "image_count": (F("images"), Adds.SUM),
+    "started": (F("started_at"), Adds.COUNT),
+    "queued": (QUEUED, Adds.DURATION),
+    "decoded_tokens": (Case(When(DECODED, then=F("completion_tokens") - 1)), Adds.SUM),
+    "decoding": (Case(When(DECODED, then=DECODING), output_field=DurationField()), Adds.DURATION),
+}
+
+
+def _aggregate(value: Any, adds: Adds) -> Aggregate | Coalesce:
+    if adds == Adds.COUNT:
+        return Count(value)
+    return Coalesce(Sum(value), 0) if adds == Adds.SUM else Sum(value)
+
+
+def _measures() -> dict[str, Aggregate | Coalesce]:
+    """The measures as the ORM's aggregates."""
+    return {name: _aggregate(value, adds) for name, (value, adds) in MEASURES.items()}
 
 
 def _seconds(value: dt.timedelta | None) -> float | None:
@@ -196,7 +214,6 @@ def _seconds(value: dt.timedelta | None) -> float | None:
 
 
 def _row(key: str, day: dt.date | None, values: dict[str, Any]) -> Row:
-    p50, p95 = values.get("first_token") or (None, None)
     return Row(
         key=key,
         day=day,
@@ -208,8 +225,6 @@ def _row(key: str, day: dt.date | None, values: dict[str, Any]) -> Row:
         queued_total=_seconds(values["queued"]) or 0.0,
         decoded_tokens=values["decoded_tokens"],
         decoding_seconds=_seconds(values["decoding"]) or 0.0,
-        first_token_p50=_seconds(p50),
-        first_token_p95=_seconds(p95),
     )
 
 
@@ -229,23 +244,73 @@ def _label(by: By, key: Any) -> tuple[str, dt.date | None]:
 
 
 def grouped(filters: Filters, by: By) -> QuerySet[Generation, dict[str, Any]]:
-    """The query of a breakdown: the sums of each key, and by model the percentiles."""
+    """The query of a breakdown: the sums of each key."""
     return (
         generations(filters)
         .annotate(key=_key(by))
         .values("key")
-        .annotate(**_measures(percentiles=by == By.MODEL))
+        .annotate(**_measures())
         .order_by("key")
     )
 
 
 def breakdown(filters: Filters, by: By) -> list[Row]:
-    """One row per day, week, user, group or model that has usage, in key order; by model
-    with the time to first token's percentiles. A user in two groups counts in both."""
+    """One row per day, user, group or model that has usage, in key order; by model with
+    the time to first token's percentiles. A user in two groups counts in both."""
+    if by == By.DAY and connection.vendor == "postgresql":
+        return _days_joined(filters)
     rows = [_row(*_label(by, values["key"]), values) for values in grouped(filters, by)]
-    if by == By.MODEL and not _percentiles_in_database():
-        rows = _with_percentiles(rows, generations(filters).annotate(key=_key(by)), by)
-    return rows
+    return with_percentiles(rows, filters) if by == By.MODEL else rows
+
+
+def by_model_and_user(filters: Filters) -> tuple[list[Row], list[Row]]:
+    """The breakdowns by model (with the percentiles) and by user, from one pass over the
+    rows: the sums of each model and user, added up each way."""
+    pairs = (
+        generations(filters)
+        .values("model_name", "user__username")
+        .annotate(**_measures())
+        .order_by("model_name", "user__username")
+    )
+    models: dict[str, list[Row]] = defaultdict(list)
+    users: dict[str, list[Row]] = defaultdict(list)
+    for values in pairs:
+        row = _row("", None, values)
+        models[values["model_name"]].append(row)
+        users[values["user__username"]].append(row)
+    return (
+        with_percentiles([combined(rows, key) for key, rows in models.items()], filters),
+        [combined(users[key], key) for key in sorted(users)],
+    )
+
+
+def _days_joined(filters: Filters) -> list[Row]:
+    """The breakdown by day on PostgreSQL, the rows joined to the days of the range.
+
+    Grouped by a day computed from queued_at, PostgreSQL, which has no statistics of it,
+    expects as many days as rows and sorts them all (a year of rows spills to disk);
+    joined to the list of days it expects one group a day, and hashes them in parallel.
+    The same rows and sums as `grouped` by day (the tests hold them equal)."""
+    values = {name: value for name, (value, _) in MEASURES.items()}
+    rows, params = (
+        generations(filters).values(day=TruncDate("queued_at"), **values).query.sql_with_params()
+    )
+    sums = ", ".join(
+        f"{adds.value % f'generation.{name}'} AS {name}" for name, (_, adds) in MEASURES.items()
+    )
+    # Our measures' names and the ORM's SQL, whose values stay parameters.
+    sql = (
+        f"SELECT days.day AS key, {sums} FROM ({rows}) AS generation"  # noqa: S608
+        " JOIN unnest(%s::date[]) AS days(day) ON days.day = generation.day"
+        " GROUP BY days.day ORDER BY days.day"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, (*params, filters.days))
+        names = [column.name for column in cursor.description]
+        return [
+            _row(*_label(By.DAY, found[0]), dict(zip(names, found, strict=True)))
+            for found in cursor.fetchall()
+        ]
 
 
 def top(rows: Iterable[Row], limit: int = 10) -> list[Row]:
@@ -276,18 +341,27 @@ def periods(filters: Filters, most_days: int = 92) -> tuple[By, list[Row], list[
     )
 
 
-def _with_percentiles(rows: list[Row], keyed: QuerySet[Generation], by: By) -> list[Row]:
-    """The first-token percentiles computed here, for databases without percentile_cont."""
-    durations: dict[str, list[float]] = defaultdict(list)
-    for key, value in keyed.filter(first_token_at__isnull=False).values_list("key", FIRST_TOKEN):
-        durations[_label(by, key)[0]].append(value.total_seconds())
-    return [
-        replace(
-            row,
-            first_token_p50=percentile(durations.get(row.key, []), 0.5),
-            first_token_p95=percentile(durations.get(row.key, []), 0.95),
+def with_percentiles(rows: list[Row], filters: Filters) -> list[Row]:
+    """The rows of a breakdown by model with each model's time to first token, p50 and
+    p95, over its replies that had a first token."""
+    replies = generations(filters).filter(first_token_at__isnull=False)
+    found: dict[str, tuple[float | None, ...]] = {}
+    if _percentiles_in_database():
+        ordered = replies.values("model_name").annotate(
+            first_token=PercentilesCont(FIRST_TOKEN, QUANTILES)
         )
+        for values in ordered.values_list("model_name", "first_token"):
+            found[values[0]] = tuple(_seconds(value) for value in values[1])
+    else:  # the same interpolation, computed here
+        durations: dict[str, list[float]] = defaultdict(list)
+        for key, value in replies.values_list("model_name", FIRST_TOKEN):
+            durations[key].append(value.total_seconds())
+        for key, seconds in durations.items():
+            found[key] = tuple(percentile(seconds, fraction) for fraction in QUANTILES)
+    return [
+        replace(row, first_token_p50=p50, first_token_p95=p95)
         for row in rows
+        for p50, p95 in [found.get(row.key, (None, None))]
     ]
 
 

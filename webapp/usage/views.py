@@ -51,8 +51,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     form = DashboardFilters(request.GET or None, initial=_range(DEFAULT_DAYS))
     filters, by = form.filters(), form.table_by()
     unit, periods, days = services.periods(filters)
-    models = services.breakdown(filters, By.MODEL)
-    users = services.breakdown(filters, By.USER)
+    models, users = services.by_model_and_user(filters)
     top = services.top(users, TOP_USERS)
     table = {By.DAY: days, By.USER: users, By.MODEL: models}.get(by)
     return render(
