@@ -32,7 +32,11 @@ _TEXT_TASKS = (Task.CHAT, Task.SUMMARIZE, Task.TRANSLATE, Task.MODERATION)
 # Tasks whose causal LMs decode many requests together (generation.batching).
 _BATCHED_TASKS = (Task.CHAT, Task.SUMMARIZE, Task.TRANSLATE)
 
+# _lock guards the dict for a moment at a time; _loading lets one model load at a time
+# (its memory, and each model once) without holding _lock: the heartbeat reads what is
+# held (`held`) every beat, and a worker whose beats wait for a load looks dead.
 _lock = threading.Lock()
+_loading = threading.Lock()
 _loaded: OrderedDict[tuple[str, ...], Loaded] = OrderedDict()
 
 
@@ -63,29 +67,45 @@ def _batch(loaded: Loaded, entry: ModelEntry) -> None:
 
 def get_model(entry: ModelEntry) -> Loaded:
     """The loaded model for a catalog entry; loaded again when the entry's source,
-    backend, quantization or device changed."""
+    backend, quantization or device changed. A load holds `_loading`, never `_lock`."""
     spec = entry.spec()
     key = _load_key(spec)
-    with _lock:
-        loaded = _loaded.get(key)
-        if loaded is None:
-            while len(_loaded) >= max(1, settings.ATELIER_WORKER_MAX_MODELS):
-                evicted, _ = _loaded.popitem(last=False)
-                log.info("evicting model %s to make room", evicted[2])
-            gc.collect()
-            try:
-                loaded = _load(spec)
-            except Exception:
-                metrics.model_load_failed(entry.name)
-                raise
-            metrics.model_loaded(entry.name, loaded.load_seconds)
-            _loaded[key] = loaded
-        else:
-            _loaded.move_to_end(key)
-        _batch(loaded, entry)
+    loaded = _held(key, entry)
+    if loaded is None:
+        with _loading:
+            loaded = _held(key, entry) or _load_into_cache(key, spec, entry)
     if loaded.spec == spec:
         return loaded
     return replace(loaded, spec=spec)  # the same weights, named after this entry
+
+
+def _held(key: tuple[str, ...], entry: ModelEntry) -> Loaded | None:
+    """The model held under `key`, sized for `entry`'s batch, as the most recently used."""
+    with _lock:
+        loaded = _loaded.get(key)
+        if loaded is not None:
+            _loaded.move_to_end(key)
+            _batch(loaded, entry)
+        return loaded
+
+
+def _load_into_cache(key: tuple[str, ...], spec: ModelSpec, entry: ModelEntry) -> Loaded:
+    """Loads a model (the caller holds `_loading`), evicting the least recently used first."""
+    with _lock:
+        while len(_loaded) >= max(1, settings.ATELIER_WORKER_MAX_MODELS):
+            evicted, _ = _loaded.popitem(last=False)
+            log.info("evicting model %s to make room", evicted[2])
+    gc.collect()
+    try:
+        loaded = _load(spec)
+    except Exception:
+        metrics.model_load_failed(entry.name)
+        raise
+    metrics.model_loaded(entry.name, loaded.load_seconds)
+    with _lock:
+        _loaded[key] = loaded
+        _batch(loaded, entry)
+    return loaded
 
 
 def peek(entry: ModelEntry) -> Loaded | None:

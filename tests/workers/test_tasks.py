@@ -5,6 +5,7 @@ models of each family, loaded through the catalog and the worker's model cache."
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,37 @@ def test_entries_with_the_same_weights_share_one_loaded_model(
     summarizer.quantization = "int8_dynamic"
     summarizer.save()
     assert model_cache.get_model(summarizer).model is not first.model  # loaded its own way
+
+
+def test_what_a_worker_holds_is_read_while_a_model_loads(
+    chat_model: ModelEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat reports the held models every beat: a load (minutes for a large
+    model) must not hold it up, or the worker looks dead while it loads and its running
+    replies are requeued. The real load, kept open until the reads are done."""
+    loading, finish = threading.Event(), threading.Event()
+    real_load = model_cache._load
+
+    def held_open(spec: Any) -> Any:
+        loading.set()
+        finish.wait(30)
+        return real_load(spec)
+
+    monkeypatch.setattr(model_cache, "_load", held_open)
+    loader = threading.Thread(target=model_cache.get_model, args=(chat_model,))
+    loader.start()
+    try:
+        assert loading.wait(10)
+        read = threading.Thread(target=lambda: (model_cache.held(), model_cache.peek(chat_model)))
+        read.start()
+        read.join(timeout=5)
+        assert not read.is_alive(), "reading what the worker holds waited for the load"
+        assert model_cache.held() == [] and model_cache.peek(chat_model) is None
+    finally:
+        finish.set()
+        loader.join(timeout=30)
+    assert [loaded.spec.name for loaded in model_cache.held()] == ["tiny-llama"]
+    assert model_cache.get_model(chat_model).model is model_cache.held()[0].model  # once
 
 
 def test_bad_task_input_fails_the_generation_with_a_clear_message(
