@@ -115,7 +115,7 @@ def main() -> None:
         gru = next((int(pk) for pk, name in picker if name.startswith("Shakespeare GRU")), None)
         if gru is not None and "being prepared" in dict(picker)[str(gru)]:
             print("the GRU meanwhile:", session.chat("To be", model=gru))
-            while "model preparation process" not in output():
+            while "The model preparation process" not in output():  # how it ended
                 assert launcher.poll() is None, output()[-3000:]
                 time.sleep(2)
             stamp(re.findall(r"The model preparation process[^\n]*", output())[-1])
