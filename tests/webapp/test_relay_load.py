@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -20,8 +21,8 @@ from generation.specs import SamplingParams, Task
 from tests.webapp.test_chat_consumer import connect, receive_until_done, run_worker, send_message
 from webapp.chat import services
 from webapp.chat.consumers import ChatConsumer
+from webapp.inference import liveness, streams, watching
 from webapp.inference import services as inference
-from webapp.inference import streams, watching
 from webapp.inference.events import Usage
 from webapp.inference.models import Generation, Status
 from webapp.moderation import config as moderation_config
@@ -82,6 +83,41 @@ def test_finished_and_missing_generations_are_no_longer_watched(
     # Its worker has no heartbeat: the client is told, and the reply will be requeued.
     assert events[running.pk]["type"] == "worker_lost"
     assert events[running.pk]["worker"] == "gone@host"
+
+
+@with_async_db
+async def test_a_worker_lost_is_told_once_and_again_after_it_beat_again(
+    alice: Any, chat_model: Any
+) -> None:
+    """The page hears `worker_lost` once while the worker stays silent, `running` when it
+    beats again, and `worker_lost` again when it then stops for good."""
+    tab = await connect(alice)
+    generation_id = (await send_message(tab))["generation"]
+    worker = "lapsing@host"
+    await database_sync_to_async(
+        lambda: Generation.objects.filter(pk=generation_id).update(
+            status=Status.RUNNING, worker=worker
+        )
+    )()
+
+    async def next_of(kinds: set[str]) -> dict[str, Any]:
+        while True:
+            event = await tab.receive_json_from(timeout=10)
+            if event["type"] in kinds:
+                return event
+
+    try:
+        assert (await next_of({"worker_lost", "running"}))["type"] == "worker_lost"
+        await asyncio.sleep(2.5)  # two more looks, the worker still silent: not told again
+        assert await tab.receive_nothing(timeout=0.1)
+        await database_sync_to_async(liveness.beat)(worker, [chat_model.queue])
+        assert (await next_of({"worker_lost", "running"}))["type"] == "running"
+        await database_sync_to_async(liveness.forget)(worker)
+        lost = await next_of({"worker_lost", "running"})
+        assert lost["type"] == "worker_lost" and lost["worker"] == worker
+    finally:
+        await database_sync_to_async(liveness.forget)(worker)
+        await tab.disconnect()
 
 
 @with_async_db

@@ -94,7 +94,8 @@ class Relay:
         """Events that are not part of the stream, from the process's one watcher: `queue`
         (position, workers, estimated wait) while the generation is queued, and
         `worker_lost` when the worker running it stopped beating (another worker will
-        requeue it; see workers/heartbeat.py)."""
+        requeue it; see workers/heartbeat.py): once, and again only if that worker beat
+        again in between (a worker that lapsed, then died)."""
         shared = watching.watcher()
         events = shared.subscribe(generation_id)
         last: dict[str, Any] | None = None
@@ -105,8 +106,11 @@ class Relay:
                     if event["worker"] != warned_worker:
                         warned_worker = event["worker"]
                         await self.send(event)
-                elif event != last:
-                    await self.send(event)
+                else:
+                    if event["type"] == "running":  # its worker beats again
+                        warned_worker = ""
+                    if event != last:
+                        await self.send(event)
                 last = event
         except asyncio.CancelledError:
             raise
